@@ -1,0 +1,1 @@
+// FaultyDevice: see device/device.h.

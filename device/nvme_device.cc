@@ -1,0 +1,1 @@
+// Written by the NVMe backend work (see device/device.h).
