@@ -1,0 +1,346 @@
+// fsck.sharedfs's checks. Each check reads one structure, validates it (decode checks
+// magic, checksum, self block number, tag, version) and then its cross-references against
+// the geometry. A problem names the block and the structure; with repair, a problem is
+// fixed only where the right content is known for certain.
+#include <algorithm>
+#include <functional>
+
+#include <fmt/format.h>
+
+#include "mkfs/mkfs.h"
+
+namespace sharedfs::mkfs {
+namespace {
+
+using device::AlignedBuffer;
+using format::BlockContext;
+using format::Geometry;
+using format::Superblock;
+
+class Checker {
+ public:
+  Checker(device::BlockDevice& dev, const FsckOptions& opts) : dev_(dev), opts_(opts) {}
+
+  Result<FsckReport> run() {
+    RETURN_IF_ERROR(check_superblocks());
+    const Geometry& g = sb_.geo;
+    RETURN_IF_ERROR(check_slot_table());
+    for (uint32_t s = 0; s < g.slots; ++s) {
+      RETURN_IF_ERROR(check_heartbeat(s));
+      RETURN_IF_ERROR(check_orphans(s));
+      RETURN_IF_ERROR(check_journal(s));
+    }
+    for (uint32_t ag = 0; ag < g.ag_count; ++ag) {
+      RETURN_IF_ERROR(check_ag(ag));
+      if (opts_.progress) opts_.progress(ag + 1, g.ag_count);
+    }
+    RETURN_IF_ERROR(check_root());
+    if (opts_.repair && dirty_) RETURN_IF_ERROR(dev_.flush().with_context("flushing repairs"));
+    report_.superblock = sb_;
+    return std::move(report_);
+  }
+
+ private:
+  uint32_t bs() const { return sb_.geo.block_size; }
+  BlockContext ctx(uint64_t blkno) const { return {blkno, sb_.fs_tag()}; }
+
+  Status read_block(uint64_t blkno, AlignedBuffer& buf) {
+    return dev_.read(blkno * buf.size(), buf.span())
+        .with_context(fmt::format("reading block {}", blkno));
+  }
+
+  Status write_block(uint64_t blkno, const AlignedBuffer& buf) {
+    dirty_ = true;
+    return dev_.write(blkno * buf.size(), buf.span())
+        .with_context(fmt::format("repairing block {}", blkno));
+  }
+
+  void problem(uint64_t blkno, std::string structure, std::string what, bool fixed = false) {
+    report_.problems.push_back({blkno, std::move(structure), std::move(what), fixed});
+  }
+
+  void note(std::string text) {
+    if (opts_.verbose) report_.notes.push_back(std::move(text));
+  }
+
+  // Decodes `blkno` as T; on failure records the problem and, when repair is on and
+  // `rebuild` is given, writes the rebuilt structure in its place.
+  template <typename T>
+  Result<std::optional<T>> load(uint64_t blkno, const std::string& structure,
+                                const std::function<std::optional<T>()>& rebuild = {}) {
+    AlignedBuffer buf(bs());
+    RETURN_IF_ERROR(read_block(blkno, buf));
+    auto v = T::decode(buf.span(), ctx(blkno));
+    if (v) return std::optional<T>(std::move(*v));
+    std::optional<T> fresh;
+    if (opts_.repair && rebuild) fresh = rebuild();
+    if (fresh) {
+      fresh->encode(buf.span(), ctx(blkno));
+      RETURN_IF_ERROR(write_block(blkno, buf));
+    }
+    problem(blkno, structure, v.status().message(), fresh.has_value());
+    return std::optional<T>();
+  }
+
+  template <typename T>
+  Status store(uint64_t blkno, const T& value) {
+    AlignedBuffer buf(bs());
+    value.encode(buf.span(), ctx(blkno));
+    return write_block(blkno, buf);
+  }
+
+  // Primary at block 0; the backup in the device's last block for the block size the
+  // primary names, or, when the primary is unreadable, for each possible block size.
+  Status check_superblocks() {
+    const uint64_t size = dev_.size_bytes();
+    AlignedBuffer first(format::kMinBlockSize);
+    RETURN_IF_ERROR(dev_.read(0, first.span()).with_context("reading the superblock"));
+    std::optional<Superblock> primary;
+    std::string primary_error = "not a sharedfs superblock";
+    uint32_t bs = format::sniff_block_size(first.span());
+    if (bs >= format::kMinBlockSize && bs <= format::kMaxBlockSize && size >= 2 * uint64_t{bs} &&
+        bs % dev_.sector_size() == 0 && (bs & (bs - 1)) == 0) {
+      AlignedBuffer buf(bs);
+      RETURN_IF_ERROR(dev_.read(0, buf.span()).with_context("reading the superblock"));
+      auto sb = Superblock::decode(buf.span(), 0);
+      if (sb) {
+        primary = *sb;
+      } else {
+        primary_error = sb.status().message();
+      }
+    }
+    std::optional<Superblock> backup;
+    std::string backup_error = "not found";
+    for (uint32_t cand = format::kMinBlockSize; cand <= format::kMaxBlockSize; cand *= 2) {
+      if (primary && cand != primary->geo.block_size) continue;
+      if (size < 2 * uint64_t{cand} || cand % dev_.sector_size() != 0) continue;
+      const uint64_t blk = size / cand - 1;
+      AlignedBuffer buf(cand);
+      RETURN_IF_ERROR(dev_.read(blk * cand, buf.span()).with_context("reading the backup"));
+      auto sb = Superblock::decode(buf.span(), blk);
+      if (sb) {
+        backup = *sb;
+        break;
+      }
+      backup_error = sb.status().message();
+    }
+    if (!primary && !backup) {
+      return make_status(Code::kNotFound,
+                         "{} holds no sharedfs: superblock: {}; backup superblock: {}",
+                         dev_.describe(), primary_error, backup_error);
+    }
+    sb_ = primary ? *primary : *backup;
+    if (sb_.geo.total_blocks > size / sb_.geo.block_size) {
+      return make_status(Code::kInvalidArgument,
+                         "{} is smaller ({} bytes) than the file system on it ({} blocks)",
+                         dev_.describe(), size, sb_.geo.total_blocks);
+    }
+    const uint64_t backup_blk = sb_.geo.backup_superblock();
+    if (!primary) {
+      if (opts_.repair) RETURN_IF_ERROR(store_superblock(0));
+      problem(0, "superblock", primary_error + " (the backup is good)", opts_.repair);
+    } else if (!backup) {
+      if (opts_.repair) RETURN_IF_ERROR(store_superblock(backup_blk));
+      problem(backup_blk, "backup superblock", backup_error, opts_.repair);
+    } else if (!primary->same_contents(*backup)) {
+      // The primary is written last at every change, so it is the newer when both are good.
+      if (opts_.repair) RETURN_IF_ERROR(store_superblock(backup_blk));
+      problem(backup_blk, "backup superblock", "differs from the primary superblock",
+              opts_.repair);
+    }
+    note(fmt::format("superblocks: block size {}, {} slots, {} AGs of {} blocks", bs,
+                     sb_.geo.slots, sb_.geo.ag_count, sb_.geo.ag_blocks));
+    return Status::ok();
+  }
+
+  Status store_superblock(uint64_t blkno) {
+    AlignedBuffer buf(bs());
+    sb_.encode(buf.span(), blkno);
+    return write_block(blkno, buf);
+  }
+
+  Status check_slot_table() {
+    const Geometry& g = sb_.geo;
+    // No node is mounted while fsck runs, so an unreadable table can be reset to all
+    // slots free; the next mounts claim theirs again.
+    auto all_free = [&]() -> std::optional<format::SlotTable> {
+      format::SlotTable t;
+      t.slots.resize(g.slots);
+      return t;
+    };
+    ASSIGN_OR_RETURN(auto table, load<format::SlotTable>(g.slot_table_blkno, "slot table",
+                                                         all_free));
+    if (table && table->slots.size() != g.slots) {
+      if (opts_.repair) RETURN_IF_ERROR(store(g.slot_table_blkno, *all_free()));
+      problem(g.slot_table_blkno, "slot table",
+              fmt::format("has {} slots, superblock says {}", table->slots.size(), g.slots),
+              opts_.repair);
+    }
+    note("slot table checked");
+    return Status::ok();
+  }
+
+  Status check_heartbeat(uint32_t s) {
+    const uint64_t blk = sb_.geo.heartbeat_blkno(s);
+    const std::string name = fmt::format("heartbeat block of slot {}", s);
+    auto idle = [&]() -> std::optional<format::Heartbeat> {
+      return format::Heartbeat{.slot = s, .node_id = s};
+    };
+    ASSIGN_OR_RETURN(auto hb, load<format::Heartbeat>(blk, name, idle));
+    if (hb && hb->slot != s) {
+      if (opts_.repair) RETURN_IF_ERROR(store(blk, *idle()));
+      problem(blk, name, fmt::format("names slot {}", hb->slot), opts_.repair);
+    }
+    return Status::ok();
+  }
+
+  Status check_orphans(uint32_t s) {
+    const Geometry& g = sb_.geo;
+    const uint64_t blk = g.orphan_blkno(s);
+    const std::string name = fmt::format("orphan list of slot {}", s);
+    // Resetting a list loses track of its orphans, whose blocks then leak until a full
+    // check reclaims unreferenced inodes; it never frees a block still in use.
+    auto empty = [&]() -> std::optional<format::OrphanList> {
+      return format::OrphanList{.slot = s};
+    };
+    ASSIGN_OR_RETURN(auto ol, load<format::OrphanList>(blk, name, empty));
+    if (!ol) return Status::ok();
+    if (ol->slot != s || (ol->head != 0 && !g.ag_of(ol->head))) {
+      if (opts_.repair) RETURN_IF_ERROR(store(blk, *empty()));
+      problem(blk, name,
+              ol->slot != s ? fmt::format("names slot {}", ol->slot)
+                            : fmt::format("head {} is outside every AG", ol->head),
+              opts_.repair);
+    }
+    return Status::ok();
+  }
+
+  Status check_journal(uint32_t s) {
+    const Geometry& g = sb_.geo;
+    const uint64_t blk = g.journal_header_blkno(s);
+    const std::string name = fmt::format("journal header of slot {}", s);
+    // No rebuild: a lost header may hide transactions that still need replay.
+    ASSIGN_OR_RETURN(auto jh, load<format::JournalHeader>(blk, name));
+    if (!jh) return Status::ok();
+    if (jh->slot != s || jh->region_blocks != g.journal_blocks) {
+      problem(blk, name,
+              fmt::format("describes slot {} with {} blocks; the superblock says slot {} with "
+                          "{}", jh->slot, jh->region_blocks, s, g.journal_blocks));
+    } else if (jh->state == format::JournalState::kDirty) {
+      problem(blk, name, "needs replay: mount the device on a node to replay it");
+    }
+    return Status::ok();
+  }
+
+  Status check_ag(uint32_t ag) {
+    const Geometry& g = sb_.geo;
+    const uint64_t head = g.ag_header_blkno(ag);
+    const uint64_t size = g.ag_size(ag);
+    const uint32_t nbitmap = g.bitmap_blocks(ag);
+    const std::string name = fmt::format("AG header {}", ag);
+    ASSIGN_OR_RETURN(auto hdr, load<format::AgHeader>(head, name));
+    if (hdr && (hdr->ag_index != ag || hdr->ag_blocks != size || hdr->bitmap_blocks != nbitmap)) {
+      problem(head, name,
+              fmt::format("describes AG {} of {} blocks with {} bitmap blocks; expected AG {} of "
+                          "{} with {}", hdr->ag_index, hdr->ag_blocks, hdr->bitmap_blocks, ag,
+                          size, nbitmap));
+      hdr.reset();
+    }
+
+    const uint64_t per_block = g.bits_per_bitmap_block();
+    uint64_t used = 0;
+    bool bitmap_ok = true;
+    for (uint32_t i = 0; i < nbitmap; ++i) {
+      const uint64_t blk = g.bitmap_blkno(ag, i);
+      const std::string bname = fmt::format("bitmap block {} of AG {}", i, ag);
+      ASSIGN_OR_RETURN(auto bm, load<format::BitmapBlock>(blk, bname));
+      if (!bm) {
+        bitmap_ok = false;
+        continue;
+      }
+      if (bm->ag_index != ag || bm->index != i || bm->first_bit != i * per_block) {
+        problem(blk, bname, fmt::format("is labelled AG {} index {} first bit {}", bm->ag_index,
+                                        bm->index, bm->first_bit));
+        bitmap_ok = false;
+        continue;
+      }
+      // Bits of the header and bitmap blocks, and bits past the AG's end, must be set.
+      const uint64_t lo = i * per_block;
+      const uint64_t hi = lo + per_block;
+      auto first_clear = [&](uint64_t from, uint64_t to) -> std::optional<uint64_t> {
+        for (uint64_t bit = std::max(from, lo); bit < std::min(to, hi); ++bit) {
+          if (!bm->test(bit - lo)) return bit;
+        }
+        return std::nullopt;
+      };
+      if (auto bit = first_clear(0, 1 + uint64_t{nbitmap})) {
+        problem(blk, bname, fmt::format("block {} (AG metadata) is marked free", head + *bit));
+        bitmap_ok = false;
+      } else if (auto past = first_clear(size, hi)) {
+        problem(blk, bname, fmt::format("bit {} past the end of the AG is clear", *past));
+        bitmap_ok = false;
+      }
+      const uint64_t in_range = std::min(per_block, size - std::min(size, i * per_block));
+      used += bm->count_set(in_range);
+    }
+    if (bitmap_ok) report_.free_blocks += size - used;
+    if (hdr && bitmap_ok && hdr->free_blocks != size - used) {
+      if (opts_.repair) {
+        format::AgHeader fixed = *hdr;
+        fixed.free_blocks = size - used;
+        RETURN_IF_ERROR(store(head, fixed));
+      }
+      problem(head, name,
+              fmt::format("free count {} but the bitmap has {} free blocks", hdr->free_blocks,
+                          size - used),
+              opts_.repair);
+    }
+    return Status::ok();
+  }
+
+  Status check_root() {
+    const uint64_t blk = sb_.root_inode;
+    ASSIGN_OR_RETURN(auto root, load<format::Inode>(blk, "root directory inode"));
+    if (root && (root->mode & 0170000) != 040000) {
+      problem(blk, "root directory inode", fmt::format("mode {:o} is not a directory", root->mode));
+    }
+    // The root's block must be allocated in its AG's bitmap.
+    const Geometry& g = sb_.geo;
+    if (auto ag = g.ag_of(blk)) {
+      const uint64_t bit = blk - g.ag_header_blkno(*ag);
+      const uint64_t per_block = g.bits_per_bitmap_block();
+      AlignedBuffer buf(bs());
+      const uint64_t bm_blk = g.bitmap_blkno(*ag, static_cast<uint32_t>(bit / per_block));
+      RETURN_IF_ERROR(read_block(bm_blk, buf));
+      auto bm = format::BitmapBlock::decode(buf.span(), ctx(bm_blk));
+      if (bm && !bm->test(bit % per_block)) {
+        problem(bm_blk, fmt::format("bitmap block of AG {}", *ag),
+                fmt::format("root inode block {} is marked free", blk));
+      }
+    }
+    note("root directory checked");
+    return Status::ok();
+  }
+
+  device::BlockDevice& dev_;
+  const FsckOptions& opts_;
+  Superblock sb_;
+  FsckReport report_;
+  bool dirty_ = false;
+};
+
+}  // namespace
+
+int FsckReport::exit_code() const {
+  if (problems.empty()) return 0;
+  for (const auto& p : problems) {
+    if (!p.fixed) return 4;
+  }
+  return 1;
+}
+
+Result<FsckReport> check_filesystem(device::BlockDevice& dev, const FsckOptions& opts) {
+  return Checker(dev, opts).run();
+}
+
+}  // namespace sharedfs::mkfs
