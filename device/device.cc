@@ -127,4 +127,13 @@ const Registrant* ReservationReport::holder() const {
   return nullptr;
 }
 
+Result<OpenDevice> open_device(const std::string& path, const HostId& host, bool read_only) {
+  if (path.starts_with("/dev/nvme")) {
+    NvmeOpenOptions opts{.read_only = read_only};
+    if (!host.is_zero()) opts.expected_host = host;
+    return open_nvme_device(path, opts);
+  }
+  return open_file_device(path, {.host = host, .read_only = read_only});
+}
+
 }  // namespace sharedfs::device

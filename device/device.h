@@ -219,6 +219,11 @@ struct NvmeOpenOptions {
 // `expected_host`.
 Result<OpenDevice> open_nvme_device(const std::string& path, const NvmeOpenOptions& opts);
 
+// Opens `path` with the backend its name implies: /dev/nvme<c>n<n> through the nvme backend
+// (the host is the controller's Host ID; `host`, when not zero, must match it), anything
+// else through the file backend as `host`.
+Result<OpenDevice> open_device(const std::string& path, const HostId& host, bool read_only);
+
 // ---------------------------------------------------------------------------------------
 // Fault injection for tests.
 
