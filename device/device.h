@@ -266,6 +266,9 @@ class FaultyDevice : public BlockDevice {
   Status write(uint64_t offset, std::span<const std::byte> buf,
                const WriteOptions& opts) override;
   Status flush(const FlushOptions& opts) override;
+  using BlockDevice::flush;
+  using BlockDevice::read;
+  using BlockDevice::write;
 
   void set_config(FaultConfig config);
   // Crashes now (as if the crash point had been reached by the last write).

@@ -10,19 +10,14 @@
 // otherwise the NVMe status field as the kernel hands it back: status code in bits 7:0,
 // status code type in bits 10:8, CRD/More/DNR above.
 #include <endian.h>
-#include <fcntl.h>
 #include <fmt/format.h>
 #include <libnvme.h>
-#include <linux/fs.h>
-#include <sys/ioctl.h>
-#include <sys/stat.h>
-#include <sys/uio.h>
-#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 
 #include "device/device.h"
+#include "device/raw_device.h"
 
 namespace sharedfs::device {
 namespace {
@@ -64,101 +59,37 @@ Status nvme_status(int rc, int err, std::string_view what) {
 
 // One descriptor serves the I/O half and the reservations half (both act for the same
 // host); it is closed when the last of them goes.
-class FdHolder {
- public:
-  explicit FdHolder(int fd) : fd_(fd) {}
-  FdHolder(const FdHolder&) = delete;
-  FdHolder& operator=(const FdHolder&) = delete;
-  ~FdHolder() { close(fd_); }
-  int get() const { return fd_; }
-
- private:
-  const int fd_;
-};
+using internal::RawDevice;
 
 class NvmeBlockDevice final : public BlockDevice {
  public:
-  NvmeBlockDevice(std::string path, std::shared_ptr<FdHolder> fd, uint64_t size, uint32_t sector)
-      : path_(std::move(path)), fd_(std::move(fd)), size_(size), sector_(sector) {}
+  explicit NvmeBlockDevice(std::shared_ptr<RawDevice> raw) : raw_(std::move(raw)) {}
 
-  uint32_t sector_size() const override { return sector_; }
-  uint64_t size_bytes() const override { return size_; }
-  std::string describe() const override { return "nvme:" + path_; }
+  uint32_t sector_size() const override { return raw_->sector(); }
+  uint64_t size_bytes() const override { return raw_->size(); }
+  std::string describe() const override { return "nvme:" + raw_->path(); }
 
   // A fenced host's reads and writes fail in the kernel with EBADE (reservation conflict),
   // which errno_status turns into kReservationConflict: no check of our own is needed,
   // the controller enforces the reservation.
   Status read(uint64_t offset, std::span<std::byte> buf, const ReadOptions&) override {
-    RETURN_IF_ERROR(check_range(offset, buf.size(), "read"));
-    size_t done = 0;
-    while (done < buf.size()) {
-      const ssize_t n = pread(fd_->get(), buf.data() + done, buf.size() - done,
-                              static_cast<off_t>(offset + done));
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return errno_status(
-            errno, fmt::format("read of {} bytes at {} on {}", buf.size(), offset, describe()));
-      }
-      if (n == 0) {
-        return make_status(Code::kIoError, "short read at {} on {}", offset + done, describe());
-      }
-      done += static_cast<size_t>(n);
-    }
-    return Status::ok();
+    RETURN_IF_ERROR(raw_->check_range(offset, buf.size(), "read"));
+    return raw_->read(offset, buf, describe());
   }
-
   Status write(uint64_t offset, std::span<const std::byte> buf, const WriteOptions& opts) override {
-    RETURN_IF_ERROR(check_range(offset, buf.size(), "write"));
-    size_t done = 0;
-    while (done < buf.size()) {
-      struct iovec iov {
-        const_cast<std::byte*>(buf.data() + done), buf.size() - done
-      };
-      // RWF_DSYNC on an O_DIRECT block device makes the block layer send the write with
-      // FUA (or follow it with a flush where the device has no FUA).
-      const ssize_t n = pwritev2(fd_->get(), &iov, 1, static_cast<off_t>(offset + done),
-                                 opts.fua ? RWF_DSYNC : 0);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return errno_status(
-            errno, fmt::format("write of {} bytes at {} on {}", buf.size(), offset, describe()));
-      }
-      if (n == 0) {
-        return make_status(Code::kIoError, "short write at {} on {}", offset + done, describe());
-      }
-      done += static_cast<size_t>(n);
-    }
-    return Status::ok();
+    RETURN_IF_ERROR(raw_->check_range(offset, buf.size(), "write"));
+    return raw_->write(offset, buf, opts.fua, describe());
   }
-
-  Status flush(const FlushOptions&) override {
-    if (fdatasync(fd_->get()) != 0) return errno_status(errno, "flush of " + describe());
-    return Status::ok();
-  }
+  Status flush(const FlushOptions&) override { return raw_->flush(describe()); }
 
  private:
-  Status check_range(uint64_t offset, size_t len, const char* what) const {
-    if (offset % sector_ != 0 || len % sector_ != 0) {
-      return make_status(Code::kInvalidArgument, "{} at {} of {} bytes is not {}-byte aligned",
-                         what, offset, len, sector_);
-    }
-    if (offset > size_ || len > size_ - offset) {
-      return make_status(Code::kInvalidArgument, "{} at {} of {} bytes is past the end ({})", what,
-                         offset, len, size_);
-    }
-    return Status::ok();
-  }
-
-  const std::string path_;
-  const std::shared_ptr<FdHolder> fd_;
-  const uint64_t size_;
-  const uint32_t sector_;
+  const std::shared_ptr<RawDevice> raw_;
 };
 
 class NvmeReservations final : public Reservations {
  public:
-  NvmeReservations(std::string path, std::shared_ptr<FdHolder> fd, uint32_t nsid, HostId host)
-      : path_(std::move(path)), fd_(std::move(fd)), nsid_(nsid), host_(host) {}
+  NvmeReservations(std::shared_ptr<RawDevice> raw, uint32_t nsid, HostId host)
+      : raw_(std::move(raw)), nsid_(nsid), host_(host) {}
 
   HostId host_id() const override { return host_; }
 
@@ -217,7 +148,7 @@ class NvmeReservations final : public Reservations {
           .result = &result,
           .report = reinterpret_cast<nvme_resv_status*>(buf.data()),
           .args_size = static_cast<int>(sizeof(nvme_resv_report_args)),
-          .fd = fd_->get(),
+          .fd = raw_->fd(),
           .timeout = NVME_DEFAULT_IOCTL_TIMEOUT,
           .nsid = nsid_,
           .len = static_cast<__u32>(len),
@@ -263,9 +194,9 @@ class NvmeReservations final : public Reservations {
   }
 
  private:
-  std::string describe() const { return "nvme:" + path_; }
+  std::string describe() const { return "nvme:" + raw_->path(); }
   std::string context(std::string_view what) const {
-    return fmt::format("{} on {} (nsid {}, host {})", what, path_, nsid_, host_.to_string());
+    return fmt::format("{} on {} (nsid {}, host {})", what, raw_->path(), nsid_, host_.to_string());
   }
 
   Status reg(nvme_resv_rrega action, ReservationKey current, ReservationKey next,
@@ -276,7 +207,7 @@ class NvmeReservations final : public Reservations {
         .nrkey = next,
         .result = &result,
         .args_size = static_cast<int>(sizeof(nvme_resv_register_args)),
-        .fd = fd_->get(),
+        .fd = raw_->fd(),
         .timeout = NVME_DEFAULT_IOCTL_TIMEOUT,
         .nsid = nsid_,
         .rrega = action,
@@ -298,7 +229,7 @@ class NvmeReservations final : public Reservations {
         .nrkey = victim,  // PRKEY: the key whose registrations a preempt removes
         .result = &result,
         .args_size = static_cast<int>(sizeof(nvme_resv_acquire_args)),
-        .fd = fd_->get(),
+        .fd = raw_->fd(),
         .timeout = NVME_DEFAULT_IOCTL_TIMEOUT,
         .nsid = nsid_,
         .rtype = static_cast<nvme_resv_rtype>(type),
@@ -317,7 +248,7 @@ class NvmeReservations final : public Reservations {
         .crkey = current,
         .result = &result,
         .args_size = static_cast<int>(sizeof(nvme_resv_release_args)),
-        .fd = fd_->get(),
+        .fd = raw_->fd(),
         .timeout = NVME_DEFAULT_IOCTL_TIMEOUT,
         .nsid = nsid_,
         .rtype = static_cast<nvme_resv_rtype>(type),
@@ -329,8 +260,7 @@ class NvmeReservations final : public Reservations {
     return nvme_status(rc, err, context(what));
   }
 
-  const std::string path_;
-  const std::shared_ptr<FdHolder> fd_;
+  const std::shared_ptr<RawDevice> raw_;
   const uint32_t nsid_;
   const HostId host_;
 };
@@ -369,53 +299,20 @@ Result<HostId> checked_host_id(int fd, const std::string& path, const NvmeOpenOp
 }  // namespace
 
 Result<OpenDevice> open_nvme_device(const std::string& path, const NvmeOpenOptions& opts) {
-  const int mode = opts.read_only ? O_RDONLY : O_RDWR;
-  int raw_fd = ::open(path.c_str(), mode | O_DIRECT | O_CLOEXEC);
-  if (raw_fd < 0 && errno == EINVAL) {
-    // Only a regular stand-in file on a file system without O_DIRECT (tmpfs) gets here; a
-    // namespace block device always takes O_DIRECT, which the checks below require.
-    raw_fd = ::open(path.c_str(), mode | O_CLOEXEC);
-  }
-  if (raw_fd < 0) return errno_status(errno, "opening " + path);
-  auto fd = std::make_shared<FdHolder>(raw_fd);
-
-  struct stat sb {};
-  if (fstat(fd->get(), &sb) != 0) return errno_status(errno, "stat " + path);
-  uint64_t size = 0;
-  uint32_t sector = 512;
-  if (S_ISBLK(sb.st_mode)) {
-    if (ioctl(fd->get(), BLKGETSIZE64, &size) != 0) {
-      return errno_status(errno, "size of " + path);
-    }
-    int ssz = 0;
-    if (ioctl(fd->get(), BLKSSZGET, &ssz) != 0) return errno_status(errno, "sector of " + path);
-    sector = static_cast<uint32_t>(ssz);
-  } else if (S_ISREG(sb.st_mode)) {
-    // A regular file answers NVMe ioctls only through the test interposer.
-    size = static_cast<uint64_t>(sb.st_size);
-  } else {
-    return make_status(Code::kInvalidArgument, "{} is neither a block device nor a regular file",
-                       path);
-  }
-  if (sector == 0 || sector > kIoAlignment) {
-    return make_status(Code::kUnsupported,
-                       "{} has a {}-byte logical block size; at most {} is "
-                       "supported",
-                       path, sector, kIoAlignment);
-  }
-  size -= size % sector;
-
+  // A regular stand-in file answers NVMe ioctls only through the test interposer; a
+  // namespace block device always takes O_DIRECT.
+  ASSIGN_OR_RETURN(auto raw, RawDevice::open(path, opts.read_only, /*direct=*/true));
   __u32 nsid = 0;
-  if (nvme_get_nsid(fd->get(), &nsid) != 0) {
+  if (nvme_get_nsid(raw->fd(), &nsid) != 0) {
     const int err = errno;
     return Status(Code::kInvalidArgument,
                   fmt::format("{} is not an NVMe namespace (NVME_IOCTL_ID failed)", path), err);
   }
-  ASSIGN_OR_RETURN(HostId host, checked_host_id(fd->get(), path, opts));
+  ASSIGN_OR_RETURN(HostId host, checked_host_id(raw->fd(), path, opts));
 
   OpenDevice dev;
-  dev.io = std::make_unique<NvmeBlockDevice>(path, fd, size, sector);
-  dev.reservations = std::make_unique<NvmeReservations>(path, fd, nsid, host);
+  dev.io = std::make_unique<NvmeBlockDevice>(raw);
+  dev.reservations = std::make_unique<NvmeReservations>(raw, nsid, host);
   return dev;
 }
 

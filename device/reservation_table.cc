@@ -97,7 +97,12 @@ Result<std::unique_ptr<ReservationTable>> ReservationTable::open(const std::stri
   void* map = mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (map == MAP_FAILED) return fail(errno_status(errno, "mapping reservation state"));
   auto* shared = static_cast<Shared*>(map);
-  if (fresh) {
+  // A first opener killed between sizing the file and writing the magic leaves it all
+  // zero; we hold the gate exclusively, so finishing its initialisation is safe.
+  static constexpr char kNoMagic[sizeof(kMagic)] = {};
+  const bool unfinished = static_cast<size_t>(sb.st_size) == sizeof(Shared) &&
+                          std::memcmp(shared->magic, kNoMagic, sizeof(kNoMagic)) == 0;
+  if (fresh || unfinished) {
     std::memset(static_cast<void*>(shared), 0, sizeof(Shared));
     shared->version = 1;
     shared->size = sizeof(Shared);

@@ -243,8 +243,10 @@ Result<Geometry> plan_geometry(const LayoutRequest& req) {
                          "KiB", kMinJournalBlocks * bs / 1024);
     }
   } else {
-    journal = std::clamp<uint64_t>(total / (32 * uint64_t{req.slots}), 4 * kMiB / bs,
-                                   128 * kMiB / bs);
+    // 4..128 MiB, and never fewer blocks than the minimum (large block sizes).
+    journal = std::clamp<uint64_t>(total / (32 * uint64_t{req.slots}),
+                                   std::max<uint64_t>(4 * kMiB / bs, kMinJournalBlocks),
+                                   std::max<uint64_t>(128 * kMiB / bs, kMinJournalBlocks));
   }
   uint64_t ag = 0;
   if (req.ag_bytes != 0) {
@@ -374,8 +376,8 @@ Result<Superblock> Superblock::decode(std::span<const std::byte> block, uint64_t
       g.journal_start != g.orphan_start + g.slots) {
     return bad("fixed regions are not where they belong");
   }
-  if (g.journal_blocks < kMinJournalBlocks ||
-      g.ag_start < g.journal_start + uint64_t{g.slots} * g.journal_blocks) {
+  if (g.journal_blocks < kMinJournalBlocks) return bad("journal regions are too small");
+  if (g.ag_start < g.journal_start + uint64_t{g.slots} * g.journal_blocks) {
     return bad("journal regions overlap the allocation groups");
   }
   if (g.ag_count == 0 || g.ag_blocks < kMinAgBlocks || g.last_ag_blocks < kMinAgBlocks ||
@@ -718,15 +720,15 @@ Result<Inode> Inode::decode(std::span<const std::byte> block, const BlockContext
 size_t dir_entry_size(size_t name_len) { return (kDirEntryHeader + name_len + 7) / 8 * 8; }
 
 uint32_t dir_name_hash(std::string_view name) {
-  // crc32c mixes well enough for bucketing and is hardware-accelerated; seed it so an
-  // empty name does not hash to 0 (hash 0 is the readdir cookie of "the start").
+  // crc32c mixes well enough for bucketing and is hardware-accelerated. The low bit is
+  // forced so no name hashes to 0, which stays free as the readdir cookie of "the start".
   return crc32c(std::as_bytes(std::span(name.data(), name.size())), 0x53464448) | 1u;
 }
 
 Status encode_dir_entries(std::span<std::byte> area, const std::vector<DirEntry>& entries) {
   size_t need = 0;
   for (const DirEntry& e : entries) need += dir_entry_size(e.name.size());
-  if (need + 2 > area.size()) {
+  if (need > area.size()) {
     return make_status(Code::kNoSpace, "{} bytes of entries do not fit in {}", need, area.size());
   }
   std::memset(area.data(), 0, area.size());
@@ -743,7 +745,7 @@ Status encode_dir_entries(std::span<std::byte> area, const std::vector<DirEntry>
     w.bytes(off + kDirEntryHeader, e.name.data(), e.name.size());
     off += rec;
   }
-  // A zero rec_len ends the list (the area was zeroed).
+  // A zero rec_len, or the end of the area, ends the list (the area was zeroed).
   return Status::ok();
 }
 

@@ -331,11 +331,20 @@ TEST(Geometry, RejectsBadParameters) {
             Code::kInvalidArgument);
 }
 
-TEST(Geometry, LargerBlockSizes) {
-  for (uint32_t bs : {8192u, 16384u, 65536u}) {
-    auto g = plan_geometry({.device_bytes = 4 * kGiB, .block_size = bs, .slots = 4});
-    ASSERT_TRUE(g.is_ok()) << bs << ": " << g.status().to_string();
-    EXPECT_EQ(g->block_size, bs);
+TEST(Geometry, LargerBlockSizesGiveDecodableSuperblocks) {
+  for (uint32_t bs : {8192u, 16384u, 32768u, 65536u}) {
+    for (uint64_t size : {2 * kGiB, 64 * kGiB}) {
+      auto g = plan_geometry({.device_bytes = size, .block_size = bs});
+      ASSERT_TRUE(g.is_ok()) << bs << ": " << g.status().to_string();
+      EXPECT_EQ(g->block_size, bs);
+      EXPECT_GE(g->journal_blocks, kMinJournalBlocks);
+      Superblock sb;
+      sb.geo = *g;
+      std::vector<std::byte> buf(bs);
+      sb.encode(buf, 0);
+      auto got = Superblock::decode(buf, 0);
+      EXPECT_TRUE(got.is_ok()) << bs << "/" << size << ": " << got.status().to_string();
+    }
   }
 }
 
