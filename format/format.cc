@@ -17,7 +17,9 @@ class Writer {
   void u16(size_t off, uint16_t v) { put(off, v, 2); }
   void u32(size_t off, uint32_t v) { put(off, v, 4); }
   void u64(size_t off, uint64_t v) { put(off, v, 8); }
-  void bytes(size_t off, const void* p, size_t n) { std::memcpy(b_.data() + off, p, n); }
+  void bytes(size_t off, const void* p, size_t n) {
+    if (n != 0) std::memcpy(b_.data() + off, p, n);  // p may be null when n is 0
+  }
   void str(size_t off, const std::string& s, size_t field) {
     std::memset(b_.data() + off, 0, field);
     std::memcpy(b_.data() + off, s.data(), std::min(s.size(), field - 1));
@@ -37,7 +39,9 @@ class Reader {
   uint16_t u16(size_t off) const { return static_cast<uint16_t>(get(off, 2)); }
   uint32_t u32(size_t off) const { return static_cast<uint32_t>(get(off, 4)); }
   uint64_t u64(size_t off) const { return get(off, 8); }
-  void bytes(size_t off, void* p, size_t n) const { std::memcpy(p, b_.data() + off, n); }
+  void bytes(size_t off, void* p, size_t n) const {
+    if (n != 0) std::memcpy(p, b_.data() + off, n);
+  }
   std::string str(size_t off, size_t field) const {
     const char* p = reinterpret_cast<const char*>(b_.data() + off);
     return std::string(p, strnlen(p, field));
