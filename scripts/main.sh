@@ -21,16 +21,16 @@ echo "== mkfs.sharedfs $image ($size, sparse)"
 echo "== fsck.sharedfs -n $image"
 "$bin/fsck.sharedfs" -n "$image"
 echo "== sharedfs debug slots $image"
-"$bin/sharedfs" debug slots "$image" | head -5
+"$bin/sharedfs" debug slots "$image" | sed -n 1,5p
 echo "== persistent reservations: nodes 1-3 register, node 1 holds Write Exclusive - Registrants Only"
 cid=$("$bin/sharedfs" debug superblock "$image" | awk '/cluster id/ {print $3}')
 for n in 1 2 3; do
-  "$bin/sharedfs" reservation register "$image" --node "$n" --cluster-id "$cid" --key "$((0x53460000 + n))"
+  "$bin/sharedfs" reservation register "$image" --cluster-id "$cid" --node "$n"
 done
-"$bin/sharedfs" reservation acquire "$image" --node 1 --cluster-id "$cid" --key "$((0x53460001))" --type wero
+"$bin/sharedfs" reservation acquire "$image" --cluster-id "$cid" --node 1 --type wero
 "$bin/sharedfs" reservation report "$image"
-echo "== node 1 fences node 3 (preempt-and-abort)"
-"$bin/sharedfs" reservation preempt "$image" --abort --node 1 --cluster-id "$cid" --key "$((0x53460001))" --victim "$((0x53460003))"
+echo "== node 1 fences node 3 (preempt-and-abort); node 3's writes now fail with EBADE"
+"$bin/sharedfs" reservation preempt --abort "$image" --cluster-id "$cid" --node 1 --victim-node 3
 "$bin/sharedfs" reservation report "$image"
 echo
 echo "Done. The formatted image is $image; remove it with: rm -f $image $image.pr"

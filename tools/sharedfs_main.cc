@@ -128,7 +128,8 @@ int main(int argc, char** argv) {
       "Examples:\n"
       "  sharedfs debug superblock /dev/nvme1n1\n"
       "  sharedfs reservation report disk.img\n"
-      "  sharedfs reservation register disk.img --node 1 --cluster-id 0x2a --key 0x53460000002a0001");
+      "  sharedfs reservation register disk.img --node 1 --cluster-id 0x2a\n"
+      "  sharedfs reservation preempt --abort disk.img --node 1 --cluster-id 0x2a --victim-node 3");
 
   app.add_subcommand("version", "print the version")->callback([] {
     fmt::print("sharedfs {}\n", SHAREDFS_VERSION);
@@ -159,6 +160,7 @@ int main(int argc, char** argv) {
   std::string host_hex, type_name = "wero";
   uint32_t node = 0;
   uint64_t cluster_id = 0, key = 0, victim = 0, new_key = 0;
+  uint32_t victim_node = 0;
   bool abort = false, ignore_key = false;
   auto add_common = [&](CLI::App* sub) {
     sub->add_option("DEVICE", dev_path, "block device or image file")->required();
@@ -176,6 +178,11 @@ int main(int argc, char** argv) {
     return device::HostId{};
   };
   auto run = [&](const std::function<Status(device::Reservations&)>& cmd) {
+    // Keys default to the node's own (see node_reservation_key) when acting as --node.
+    if (key == 0 && node != 0) key = device::node_reservation_key(cluster_id, node);
+    if (victim == 0 && victim_node != 0) {
+      victim = device::node_reservation_key(cluster_id, victim_node);
+    }
     auto host = host_of();
     if (!host) {
       rc = fail(host.status());
@@ -202,7 +209,7 @@ int main(int argc, char** argv) {
   });
   auto* reg = resv->add_subcommand("register", "register this host's key");
   add_common(reg);
-  reg->add_option("--key", key, "the key")->required();
+  reg->add_option("--key", key, "the key (default with --node: the node's key)");
   reg->callback([&] { run([&](auto& r) { return r.register_key(key); }); });
   auto* unreg = resv->add_subcommand("unregister", "remove this host's registration");
   add_common(unreg);
@@ -213,27 +220,28 @@ int main(int argc, char** argv) {
   });
   auto* replace = resv->add_subcommand("replace", "replace this host's key");
   add_common(replace);
-  replace->add_option("--key", key, "the current key")->required();
+  replace->add_option("--key", key, "the current key");
   replace->add_option("--new-key", new_key, "the new key")->required();
   replace->callback([&] { run([&](auto& r) { return r.replace_key(key, new_key); }); });
   auto* acquire = resv->add_subcommand("acquire", "take the reservation");
   add_common(acquire);
-  acquire->add_option("--key", key, "this host's key")->required();
+  acquire->add_option("--key", key, "this host's key (default with --node: the node's key)");
   acquire->add_option("--type", type_name, "we, ea, wero, earo, wear, eaar")->capture_default_str();
   acquire->callback([&] { run([&](auto& r) { return r.acquire(key, type_of()); }); });
   auto* release = resv->add_subcommand("release", "give up the reservation");
   add_common(release);
-  release->add_option("--key", key, "this host's key")->required();
+  release->add_option("--key", key, "this host's key (default with --node: the node's key)");
   release->add_option("--type", type_name, "the reservation's type")->capture_default_str();
   release->callback([&] { run([&](auto& r) { return r.release(key, type_of()); }); });
   auto* clear = resv->add_subcommand("clear", "release and remove every registration");
   add_common(clear);
-  clear->add_option("--key", key, "this host's key")->required();
+  clear->add_option("--key", key, "this host's key (default with --node: the node's key)");
   clear->callback([&] { run([&](auto& r) { return r.clear(key); }); });
   auto* preempt = resv->add_subcommand("preempt", "remove another host's key (fence it)");
   add_common(preempt);
-  preempt->add_option("--key", key, "this host's key")->required();
-  preempt->add_option("--victim", victim, "the key to preempt")->required();
+  preempt->add_option("--key", key, "this host's key (default with --node: the node's key)");
+  preempt->add_option("--victim", victim, "the key to preempt");
+  preempt->add_option("--victim-node", victim_node, "preempt this node's key (with --cluster-id)");
   preempt->add_option("--type", type_name, "reservation type to hold afterwards")
       ->capture_default_str();
   preempt->add_flag("--abort", abort, "preempt-and-abort: also abort the victim's I/O");
