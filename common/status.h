@@ -10,13 +10,13 @@
 // Thread-safety: values; copy freely.
 #pragma once
 
+#include <fmt/format.h>
+
 #include <cerrno>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <variant>
-
-#include <fmt/format.h>
 
 namespace sharedfs {
 
@@ -84,7 +84,7 @@ Status make_status(Code code, fmt::format_string<Args...> f, Args&&... args) {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT(google-explicit-constructor)
+  Result(T value) : v_(std::move(value)) {}        // NOLINT(google-explicit-constructor)
   Result(Status status) : v_(std::move(status)) {  // NOLINT(google-explicit-constructor)
     if (std::get<Status>(v_).is_ok()) {
       v_ = Status(Code::kInternal, "Result constructed from an OK Status");
@@ -123,10 +123,10 @@ Status as_status(const Result<T>& r) {
 #define SHAREDFS_CONCAT_INNER(a, b) a##b
 #define SHAREDFS_CONCAT(a, b) SHAREDFS_CONCAT_INNER(a, b)
 
-#define RETURN_IF_ERROR(expr)                                                   \
-  do {                                                                          \
-    ::sharedfs::Status _st = ::sharedfs::internal::as_status((expr));           \
-    if (!_st.is_ok()) return _st;                                               \
+#define RETURN_IF_ERROR(expr)                                         \
+  do {                                                                \
+    ::sharedfs::Status _st = ::sharedfs::internal::as_status((expr)); \
+    if (!_st.is_ok()) return _st;                                     \
   } while (0)
 
 #define ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \

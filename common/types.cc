@@ -14,8 +14,7 @@ uint32_t crc32c(std::span<const std::byte> data, uint32_t seed) {
 }
 
 void check_failed(const char* expr, const char* file, int line, const char* msg) {
-  std::fprintf(stderr, "sharedfs: invariant violated at %s:%d: %s (%s)\n", file, line, msg,
-               expr);
+  std::fprintf(stderr, "sharedfs: invariant violated at %s:%d: %s (%s)\n", file, line, msg, expr);
   std::fflush(stderr);
   std::abort();
 }

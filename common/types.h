@@ -45,7 +45,7 @@ struct std::hash<sharedfs::StrongId<Tag, Rep>> {
 // Always-on check for on-disk and cluster-safety invariants: on a shared disk one crashed
 // node is better than corrupt metadata that every node reads. Use assert() for cheap
 // programmer errors that only debug builds need to catch.
-#define SHAREDFS_CHECK(expr, msg)                                        \
-  do {                                                                   \
+#define SHAREDFS_CHECK(expr, msg)                                          \
+  do {                                                                     \
     if (!(expr)) ::sharedfs::check_failed(#expr, __FILE__, __LINE__, msg); \
   } while (0)

@@ -1,9 +1,9 @@
 // Shared pieces of device/: buffers, host ids, keys, reservation type names.
+#include "device/device.h"
+
 #include <cstdlib>
 #include <cstring>
 #include <new>
-
-#include "device/device.h"
 
 namespace sharedfs::device {
 
@@ -36,13 +36,18 @@ AlignedBuffer::~AlignedBuffer() { std::free(data_); }
 
 std::string_view reservation_type_name(ReservationType type) {
   switch (type) {
-    case ReservationType::kNone: return "none";
-    case ReservationType::kWriteExclusive: return "write-exclusive";
-    case ReservationType::kExclusiveAccess: return "exclusive-access";
-    case ReservationType::kWriteExclusiveRegistrantsOnly: return "write-exclusive-registrants-only";
+    case ReservationType::kNone:
+      return "none";
+    case ReservationType::kWriteExclusive:
+      return "write-exclusive";
+    case ReservationType::kExclusiveAccess:
+      return "exclusive-access";
+    case ReservationType::kWriteExclusiveRegistrantsOnly:
+      return "write-exclusive-registrants-only";
     case ReservationType::kExclusiveAccessRegistrantsOnly:
       return "exclusive-access-registrants-only";
-    case ReservationType::kWriteExclusiveAllRegistrants: return "write-exclusive-all-registrants";
+    case ReservationType::kWriteExclusiveAllRegistrants:
+      return "write-exclusive-all-registrants";
     case ReservationType::kExclusiveAccessAllRegistrants:
       return "exclusive-access-all-registrants";
   }

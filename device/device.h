@@ -87,9 +87,7 @@ class BlockDevice {
   virtual Status flush(const FlushOptions& opts) = 0;
 
   Status read(uint64_t offset, std::span<std::byte> buf) { return read(offset, buf, {}); }
-  Status write(uint64_t offset, std::span<const std::byte> buf) {
-    return write(offset, buf, {});
-  }
+  Status write(uint64_t offset, std::span<const std::byte> buf) { return write(offset, buf, {}); }
   Status flush() { return flush({}); }
 };
 
@@ -263,8 +261,7 @@ class FaultyDevice : public BlockDevice {
   uint64_t size_bytes() const override;
   std::string describe() const override;
   Status read(uint64_t offset, std::span<std::byte> buf, const ReadOptions& opts) override;
-  Status write(uint64_t offset, std::span<const std::byte> buf,
-               const WriteOptions& opts) override;
+  Status write(uint64_t offset, std::span<const std::byte> buf, const WriteOptions& opts) override;
   Status flush(const FlushOptions& opts) override;
   using BlockDevice::flush;
   using BlockDevice::read;

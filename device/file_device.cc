@@ -25,8 +25,7 @@ class FileDevice final : public BlockDevice {
                               [&] { return raw_->read(offset, buf, describe()); });
   }
 
-  Status write(uint64_t offset, std::span<const std::byte> buf,
-               const WriteOptions& opts) override {
+  Status write(uint64_t offset, std::span<const std::byte> buf, const WriteOptions& opts) override {
     RETURN_IF_ERROR(raw_->check_range(offset, buf.size(), "write"));
     return table_->guarded_io(host_, ReservationTable::Access::kWrite,
                               [&] { return raw_->write(offset, buf, opts.fua, describe()); });
@@ -93,8 +92,7 @@ class EmulatedReservations final : public Reservations {
   Status reg(internal::RegisterAction action, ReservationKey current, ReservationKey next,
              const RegisterOptions& opts) {
     return table_->execute([&](internal::ReservationState& s) {
-      return internal::apply_register(s, host_, action, current, next,
-                                      opts.ignore_existing_key);
+      return internal::apply_register(s, host_, action, current, next, opts.ignore_existing_key);
     });
   }
   Status acq(internal::AcquireAction action, ReservationKey current, ReservationKey victim,

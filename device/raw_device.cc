@@ -1,13 +1,12 @@
 #include "device/raw_device.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
-
-#include <fmt/format.h>
 
 #include "device/device.h"
 
@@ -57,8 +56,8 @@ RawDevice::~RawDevice() { close(fd_); }
 
 Status RawDevice::check_range(uint64_t offset, size_t len, const char* what) const {
   if (offset % sector_ != 0 || len % sector_ != 0) {
-    return make_status(Code::kInvalidArgument, "{} at {} of {} bytes is not {}-byte aligned",
-                       what, offset, len, sector_);
+    return make_status(Code::kInvalidArgument, "{} at {} of {} bytes is not {}-byte aligned", what,
+                       offset, len, sector_);
   }
   if (offset > size_ || len > size_ - offset) {
     return make_status(Code::kInvalidArgument, "{} at {} of {} bytes is past the end ({})", what,

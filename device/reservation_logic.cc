@@ -77,8 +77,7 @@ Status check_registered(const ReservationState& s, const HostId& host, Reservati
 }  // namespace
 
 Status apply_register(ReservationState& s, const HostId& host, RegisterAction action,
-                      ReservationKey current_key, ReservationKey new_key,
-                      bool ignore_existing) {
+                      ReservationKey current_key, ReservationKey new_key, bool ignore_existing) {
   if (host.is_zero()) return invalid_field("host identifier is zero");
   auto* e = find_host(s, host);
   switch (action) {
@@ -116,8 +115,7 @@ Status apply_register(ReservationState& s, const HostId& host, RegisterAction ac
 }
 
 Status apply_acquire(ReservationState& s, const HostId& host, AcquireAction action,
-                     ReservationKey current_key, ReservationKey preempt_key,
-                     ReservationType type) {
+                     ReservationKey current_key, ReservationKey preempt_key, ReservationType type) {
   if (!valid_type(type)) return invalid_field("invalid reservation type");
   RETURN_IF_ERROR(check_registered(s, host, current_key));
   const auto new_type = static_cast<uint8_t>(type);
@@ -155,8 +153,8 @@ Status apply_acquire(ReservationState& s, const HostId& host, AcquireAction acti
   if (preempt_key == 0) return invalid_field("preempt key is zero");
   const auto* holder_entry = none ? nullptr : find_host(s, s.holder);
   const bool preempts_holder = holder_entry != nullptr && holder_entry->key == preempt_key;
-  const bool matches_any =
-      std::any_of(s.entries, s.entries + s.count, [&](const auto& x) { return x.key == preempt_key; });
+  const bool matches_any = std::any_of(s.entries, s.entries + s.count,
+                                       [&](const auto& x) { return x.key == preempt_key; });
   if (!matches_any) return conflict("no registrant has the preempted key");
 
   // Keep the state machine simple: drop the victims (which may release the reservation),
@@ -224,8 +222,7 @@ ReservationReport make_report(const ReservationState& s) {
   r.generation = s.generation;
   r.type = static_cast<RT>(s.type);
   for (uint32_t i = 0; i < s.count; ++i) {
-    r.registrants.push_back(
-        {s.entries[i].host, s.entries[i].key, is_holder(s, s.entries[i].host)});
+    r.registrants.push_back({s.entries[i].host, s.entries[i].key, is_holder(s, s.entries[i].host)});
   }
   return r;
 }

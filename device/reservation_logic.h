@@ -41,8 +41,7 @@ enum class ReleaseAction : uint8_t { kRelease = 0, kClear = 1 };
 Status apply_register(ReservationState& s, const HostId& host, RegisterAction action,
                       ReservationKey current_key, ReservationKey new_key, bool ignore_existing);
 Status apply_acquire(ReservationState& s, const HostId& host, AcquireAction action,
-                     ReservationKey current_key, ReservationKey preempt_key,
-                     ReservationType type);
+                     ReservationKey current_key, ReservationKey preempt_key, ReservationType type);
 Status apply_release(ReservationState& s, const HostId& host, ReleaseAction action,
                      ReservationKey current_key, ReservationType type);
 

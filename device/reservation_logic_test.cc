@@ -40,8 +40,7 @@ struct AccessRow {
   bool holder_read, holder_write, reg_read, reg_write, other_read, other_write;
 };
 
-class AccessTable : public ReservationLogicTest, public ::testing::WithParamInterface<AccessRow> {
-};
+class AccessTable : public ReservationLogicTest, public ::testing::WithParamInterface<AccessRow> {};
 
 TEST_P(AccessTable, MatchesSpecification) {
   const AccessRow row = GetParam();
@@ -59,16 +58,13 @@ TEST_P(AccessTable, MatchesSpecification) {
 // For the all-registrants types every registrant is a holder.
 INSTANTIATE_TEST_SUITE_P(
     NvmeTypes, AccessTable,
-    ::testing::Values(AccessRow{RT::kWriteExclusive, true, true, true, false, true, false},
-                      AccessRow{RT::kExclusiveAccess, true, true, false, false, false, false},
-                      AccessRow{RT::kWriteExclusiveRegistrantsOnly, true, true, true, true, true,
-                                false},
-                      AccessRow{RT::kExclusiveAccessRegistrantsOnly, true, true, true, true,
-                                false, false},
-                      AccessRow{RT::kWriteExclusiveAllRegistrants, true, true, true, true, true,
-                                false},
-                      AccessRow{RT::kExclusiveAccessAllRegistrants, true, true, true, true,
-                                false, false}));
+    ::testing::Values(
+        AccessRow{RT::kWriteExclusive, true, true, true, false, true, false},
+        AccessRow{RT::kExclusiveAccess, true, true, false, false, false, false},
+        AccessRow{RT::kWriteExclusiveRegistrantsOnly, true, true, true, true, true, false},
+        AccessRow{RT::kExclusiveAccessRegistrantsOnly, true, true, true, true, false, false},
+        AccessRow{RT::kWriteExclusiveAllRegistrants, true, true, true, true, true, false},
+        AccessRow{RT::kExclusiveAccessAllRegistrants, true, true, true, true, false, false}));
 
 TEST_F(ReservationLogicTest, NoReservationAllowsEveryone) {
   EXPECT_TRUE(may_read(s, kC));

@@ -1,6 +1,7 @@
 #include "device/reservation_table.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -9,8 +10,6 @@
 #include <atomic>
 #include <cstring>
 #include <fstream>
-
-#include <fmt/format.h>
 
 namespace sharedfs::device::internal {
 namespace {
@@ -91,8 +90,10 @@ Result<std::unique_ptr<ReservationTable>> ReservationTable::open(const std::stri
     return fail(errno_status(errno, "sizing reservation state"));
   }
   if (!fresh && static_cast<size_t>(sb.st_size) < sizeof(Shared)) {
-    return fail(make_status(Code::kCorruption, "{} is not a sharedfs reservation state file "
-                                               "(size {})", path, sb.st_size));
+    return fail(make_status(Code::kCorruption,
+                            "{} is not a sharedfs reservation state file "
+                            "(size {})",
+                            path, sb.st_size));
   }
   void* map = mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (map == MAP_FAILED) return fail(errno_status(errno, "mapping reservation state"));

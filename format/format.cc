@@ -1,10 +1,10 @@
 #include "format/format.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <bit>
 #include <cstring>
-
-#include <fmt/format.h>
 
 namespace sharedfs::format {
 namespace {
@@ -105,17 +105,28 @@ std::vector<Extent> decode_extents(const Reader& r, size_t off, size_t n) {
 
 std::string_view block_type_name(BlockType type) {
   switch (type) {
-    case BlockType::kSuperblock: return "superblock";
-    case BlockType::kSlotTable: return "slot table";
-    case BlockType::kHeartbeat: return "heartbeat block";
-    case BlockType::kOrphanList: return "orphan list block";
-    case BlockType::kJournalHeader: return "journal header";
-    case BlockType::kAgHeader: return "AG header";
-    case BlockType::kBitmap: return "bitmap block";
-    case BlockType::kInode: return "inode";
-    case BlockType::kExtentNode: return "extent node";
-    case BlockType::kDirLeaf: return "directory leaf";
-    case BlockType::kDirIndex: return "directory index";
+    case BlockType::kSuperblock:
+      return "superblock";
+    case BlockType::kSlotTable:
+      return "slot table";
+    case BlockType::kHeartbeat:
+      return "heartbeat block";
+    case BlockType::kOrphanList:
+      return "orphan list block";
+    case BlockType::kJournalHeader:
+      return "journal header";
+    case BlockType::kAgHeader:
+      return "AG header";
+    case BlockType::kBitmap:
+      return "bitmap block";
+    case BlockType::kInode:
+      return "inode";
+    case BlockType::kExtentNode:
+      return "extent node";
+    case BlockType::kDirLeaf:
+      return "directory leaf";
+    case BlockType::kDirIndex:
+      return "directory index";
   }
   return "unknown block";
 }
@@ -124,8 +135,7 @@ uint32_t fs_tag_of(const std::array<uint8_t, 16>& uuid) {
   return crc32c(std::as_bytes(std::span(uuid)));
 }
 
-void seal_block(std::span<std::byte> block, BlockType type, const BlockContext& ctx,
-                uint64_t seq) {
+void seal_block(std::span<std::byte> block, BlockType type, const BlockContext& ctx, uint64_t seq) {
   Writer w(block);
   w.u32(0, static_cast<uint32_t>(type));
   w.u32(kCrcOffset, 0);
@@ -171,9 +181,7 @@ uint32_t Geometry::bitmap_blocks(uint32_t ag) const {
   return static_cast<uint32_t>(div_up(ag_size(ag), bits_per_bitmap_block()));
 }
 
-uint64_t Geometry::bits_per_bitmap_block() const {
-  return BitmapBlock::bits_per_block(block_size);
-}
+uint64_t Geometry::bits_per_bitmap_block() const { return BitmapBlock::bits_per_block(block_size); }
 
 std::optional<uint32_t> Geometry::ag_of(uint64_t blkno) const {
   if (blkno < ag_start || ag_count == 0) return std::nullopt;
@@ -231,8 +239,8 @@ Result<Geometry> plan_geometry(const LayoutRequest& req) {
   const uint32_t bs = req.block_size;
   if (!valid_block_size(bs)) {
     return make_status(Code::kInvalidArgument,
-                       "block size {} is not a power of two between {} and {}", bs,
-                       kMinBlockSize, kMaxBlockSize);
+                       "block size {} is not a power of two between {} and {}", bs, kMinBlockSize,
+                       kMaxBlockSize);
   }
   if (req.slots < 1 || req.slots > kMaxSlots) {
     return make_status(Code::kInvalidArgument, "node slots must be 1..{}, not {}", kMaxSlots,
@@ -244,7 +252,8 @@ Result<Geometry> plan_geometry(const LayoutRequest& req) {
     if (req.journal_bytes % bs != 0 || journal < kMinJournalBlocks) {
       return make_status(Code::kInvalidArgument,
                          "journal size must be a multiple of the block size and at least {} "
-                         "KiB", kMinJournalBlocks * bs / 1024);
+                         "KiB",
+                         kMinJournalBlocks * bs / 1024);
     }
   } else {
     // 4..128 MiB, and never fewer blocks than the minimum (large block sizes).
@@ -590,8 +599,7 @@ void BitmapBlock::encode(std::span<std::byte> block, const BlockContext& ctx) co
   seal_block(block, BlockType::kBitmap, ctx, seq);
 }
 
-Result<BitmapBlock> BitmapBlock::decode(std::span<const std::byte> block,
-                                        const BlockContext& ctx) {
+Result<BitmapBlock> BitmapBlock::decode(std::span<const std::byte> block, const BlockContext& ctx) {
   BitmapBlock b;
   ASSIGN_OR_RETURN(b.seq, check_block(block, BlockType::kBitmap, ctx));
   Reader r(block);

@@ -40,17 +40,17 @@ inline constexpr char kSignature[8] = {'S', 'H', 'A', 'R', 'E', 'D', 'F', 'S'};
 
 // Magic numbers; as bytes on disk they read "SFSB", "SFST", ... in a hex dump.
 enum class BlockType : uint32_t {
-  kSuperblock = 0x42534653,    // "SFSB"
-  kSlotTable = 0x54534653,     // "SFST"
-  kHeartbeat = 0x42484653,     // "SFHB"
-  kOrphanList = 0x524f4653,    // "SFOR"
-  kJournalHeader = 0x484a4653, // "SFJH"
-  kAgHeader = 0x47414653,      // "SFAG"
-  kBitmap = 0x4d424653,        // "SFBM"
-  kInode = 0x4e494653,         // "SFIN"
-  kExtentNode = 0x58454653,    // "SFEX"
-  kDirLeaf = 0x4c444653,       // "SFDL"
-  kDirIndex = 0x49444653,      // "SFDI"
+  kSuperblock = 0x42534653,     // "SFSB"
+  kSlotTable = 0x54534653,      // "SFST"
+  kHeartbeat = 0x42484653,      // "SFHB"
+  kOrphanList = 0x524f4653,     // "SFOR"
+  kJournalHeader = 0x484a4653,  // "SFJH"
+  kAgHeader = 0x47414653,       // "SFAG"
+  kBitmap = 0x4d424653,         // "SFBM"
+  kInode = 0x4e494653,          // "SFIN"
+  kExtentNode = 0x58454653,     // "SFEX"
+  kDirLeaf = 0x4c444653,        // "SFDL"
+  kDirIndex = 0x49444653,       // "SFDI"
 };
 std::string_view block_type_name(BlockType type);
 
@@ -64,8 +64,7 @@ uint32_t fs_tag_of(const std::array<uint8_t, 16>& uuid);
 
 // Writes the header (magic, self block number, seq, tag, version) and the checksum. The
 // structure's fields must already be in `block`; call this last.
-void seal_block(std::span<std::byte> block, BlockType type, const BlockContext& ctx,
-                uint64_t seq);
+void seal_block(std::span<std::byte> block, BlockType type, const BlockContext& ctx, uint64_t seq);
 // Validates magic, checksum, self block number, tag and version; returns the seq.
 Result<uint64_t> check_block(std::span<const std::byte> block, BlockType type,
                              const BlockContext& ctx);
@@ -92,9 +91,9 @@ struct Geometry {
   uint64_t journal_start = 0;
   uint64_t journal_blocks = 0;  // per slot, header included
   uint64_t ag_start = 0;
-  uint64_t ag_blocks = 0;       // blocks per full AG
+  uint64_t ag_blocks = 0;  // blocks per full AG
   uint32_t ag_count = 0;
-  uint64_t last_ag_blocks = 0;  // blocks in the last AG (== ag_blocks unless partial)
+  uint64_t last_ag_blocks = 0;    // blocks in the last AG (== ag_blocks unless partial)
   uint32_t ag_bitmap_blocks = 0;  // bitmap blocks per full AG
 
   uint64_t backup_superblock() const { return total_blocks - 1; }
@@ -221,8 +220,7 @@ struct JournalHeader {
   uint64_t tail_sequence = 1;  // sequence of the transaction expected at tail_block
 
   void encode(std::span<std::byte> block, const BlockContext& ctx) const;
-  static Result<JournalHeader> decode(std::span<const std::byte> block,
-                                      const BlockContext& ctx);
+  static Result<JournalHeader> decode(std::span<const std::byte> block, const BlockContext& ctx);
 };
 
 struct AgHeader {
@@ -243,13 +241,11 @@ struct BitmapBlock {
   static constexpr size_t kBitsOffset = 64;
   uint64_t seq = 0;
   uint32_t ag_index = 0;
-  uint32_t index = 0;       // position among the AG's bitmap blocks
-  uint64_t first_bit = 0;   // AG-relative block number of bit 0
+  uint32_t index = 0;         // position among the AG's bitmap blocks
+  uint64_t first_bit = 0;     // AG-relative block number of bit 0
   std::vector<uint8_t> bits;  // (block_size - kBitsOffset) bytes
 
-  static size_t bits_per_block(uint32_t block_size) {
-    return (block_size - kBitsOffset) * 8;
-  }
+  static size_t bits_per_block(uint32_t block_size) { return (block_size - kBitsOffset) * 8; }
   bool test(size_t i) const { return (bits[i / 8] >> (i % 8)) & 1; }
   void set(size_t i, bool v) {
     if (v) {
@@ -288,8 +284,14 @@ struct ExtentNode {
 };
 
 enum class FileType : uint8_t {
-  kUnknown = 0, kRegular = 1, kDirectory = 2, kCharDev = 3, kBlockDev = 4, kFifo = 5,
-  kSocket = 6, kSymlink = 7,
+  kUnknown = 0,
+  kRegular = 1,
+  kDirectory = 2,
+  kCharDev = 3,
+  kBlockDev = 4,
+  kFifo = 5,
+  kSocket = 6,
+  kSymlink = 7,
 };
 
 struct Inode {
@@ -352,8 +354,8 @@ struct DirLeaf {
   static constexpr size_t kEntriesOffset = 64;
   uint64_t seq = 0;
   uint64_t owner = 0;
-  uint16_t depth = 0;       // local depth of this leaf in the hash table
-  uint64_t next_leaf = 0;   // overflow chain for entries sharing one hash prefix
+  uint16_t depth = 0;             // local depth of this leaf in the hash table
+  uint64_t next_leaf = 0;         // overflow chain for entries sharing one hash prefix
   std::vector<DirEntry> entries;  // sorted by (hash, name)
 
   void encode(std::span<std::byte> block, const BlockContext& ctx) const;

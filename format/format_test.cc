@@ -131,8 +131,14 @@ TEST(SlotTable, RoundTripAndRejections) {
 }
 
 TEST(Heartbeat, RoundTripAndRejections) {
-  Heartbeat h{.seq = 1, .slot = 2, .node_id = 2, .counter = 99, .timestamp_ns = 5,
-              .mount_generation = 4, .state = HeartbeatState::kMounted, .interval_ms = 500};
+  Heartbeat h{.seq = 1,
+              .slot = 2,
+              .node_id = 2,
+              .counter = 99,
+              .timestamp_ns = 5,
+              .mount_generation = 4,
+              .state = HeartbeatState::kMounted,
+              .interval_ms = 500};
   Buf buf;
   h.encode(buf.span(), {10, 1});
   auto got = Heartbeat::decode(buf.span(), {10, 1});
@@ -157,8 +163,13 @@ TEST(OrphanList, RoundTripAndRejections) {
 }
 
 TEST(JournalHeader, RoundTripAndRejections) {
-  JournalHeader j{.seq = 2, .slot = 5, .state = JournalState::kDirty, .region_start = 77,
-                  .region_blocks = 1024, .tail_block = 100, .tail_sequence = 42};
+  JournalHeader j{.seq = 2,
+                  .slot = 5,
+                  .state = JournalState::kDirty,
+                  .region_start = 77,
+                  .region_blocks = 1024,
+                  .tail_block = 100,
+                  .tail_sequence = 42};
   Buf buf;
   j.encode(buf.span(), {77, 1});
   auto got = JournalHeader::decode(buf.span(), {77, 1});
@@ -172,8 +183,12 @@ TEST(JournalHeader, RoundTripAndRejections) {
 }
 
 TEST(AgHeader, RoundTripAndRejections) {
-  AgHeader h{.seq = 1, .ag_index = 3, .bitmap_blocks = 2, .ag_blocks = 40000,
-             .free_blocks = 39000, .inode_count = 5};
+  AgHeader h{.seq = 1,
+             .ag_index = 3,
+             .bitmap_blocks = 2,
+             .ag_blocks = 40000,
+             .free_blocks = 39000,
+             .inode_count = 5};
   Buf buf;
   h.encode(buf.span(), {12, 1});
   auto got = AgHeader::decode(buf.span(), {12, 1});
@@ -250,8 +265,8 @@ TEST(DirLeaf, RoundTripAndRejections) {
     std::string name = "file-" + std::to_string(i);
     l.entries.push_back({uint64_t(1000 + i), dir_name_hash(name), FileType::kRegular, name});
   }
-  l.entries.push_back({2000, dir_name_hash(std::string(255, 'x')), FileType::kDirectory,
-                       std::string(255, 'x')});
+  l.entries.push_back(
+      {2000, dir_name_hash(std::string(255, 'x')), FileType::kDirectory, std::string(255, 'x')});
   Buf buf;
   l.encode(buf.span(), {901, 1});
   auto got = DirLeaf::decode(buf.span(), {901, 1});
@@ -308,8 +323,8 @@ TEST(Geometry, DefaultsFor1TiB) {
   EXPECT_EQ(g->journal_blocks * kBs, 128u << 20);
   EXPECT_EQ(g->ag_blocks * kBs, kGiB);
   EXPECT_GT(g->ag_count, 1000u);
-  EXPECT_EQ(g->ag_bitmap_blocks, (g->ag_blocks + g->bits_per_bitmap_block() - 1) /
-                                      g->bits_per_bitmap_block());
+  EXPECT_EQ(g->ag_bitmap_blocks,
+            (g->ag_blocks + g->bits_per_bitmap_block() - 1) / g->bits_per_bitmap_block());
 }
 
 TEST(Geometry, TooSmallSaysWhatWouldFit) {

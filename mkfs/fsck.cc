@@ -2,10 +2,10 @@
 // magic, checksum, self block number, tag, version) and then its cross-references against
 // the geometry. A problem names the block and the structure; with repair, a problem is
 // fixed only where the right content is known for certain.
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <functional>
-
-#include <fmt/format.h>
 
 #include "mkfs/mkfs.h"
 
@@ -145,11 +145,10 @@ class Checker {
     } else if (!primary->same_contents(*backup)) {
       // The primary is written last at every change, so it is the newer when both are good.
       if (opts_.repair) RETURN_IF_ERROR(store_superblock(backup_blk));
-      problem(backup_blk, "backup superblock", "differs from the primary superblock",
-              opts_.repair);
+      problem(backup_blk, "backup superblock", "differs from the primary superblock", opts_.repair);
     }
-    note(fmt::format("superblocks: block size {}, {} slots, {} AGs of {} blocks", bs,
-                     sb_.geo.slots, sb_.geo.ag_count, sb_.geo.ag_blocks));
+    note(fmt::format("superblocks: block size {}, {} slots, {} AGs of {} blocks", bs, sb_.geo.slots,
+                     sb_.geo.ag_count, sb_.geo.ag_blocks));
     return Status::ok();
   }
 
@@ -168,8 +167,8 @@ class Checker {
       t.slots.resize(g.slots);
       return t;
     };
-    ASSIGN_OR_RETURN(auto table, load<format::SlotTable>(g.slot_table_blkno, "slot table",
-                                                         all_free));
+    ASSIGN_OR_RETURN(auto table,
+                     load<format::SlotTable>(g.slot_table_blkno, "slot table", all_free));
     if (table && table->slots.size() != g.slots) {
       if (opts_.repair) RETURN_IF_ERROR(store(g.slot_table_blkno, *all_free()));
       problem(g.slot_table_blkno, "slot table",
@@ -225,7 +224,8 @@ class Checker {
     if (jh->slot != s || jh->region_blocks != g.journal_blocks) {
       problem(blk, name,
               fmt::format("describes slot {} with {} blocks; the superblock says slot {} with "
-                          "{}", jh->slot, jh->region_blocks, s, g.journal_blocks));
+                          "{}",
+                          jh->slot, jh->region_blocks, s, g.journal_blocks));
     } else if (jh->state == format::JournalState::kDirty) {
       problem(blk, name, "needs replay: mount the device on a node to replay it");
     }
@@ -242,8 +242,8 @@ class Checker {
     if (hdr && (hdr->ag_index != ag || hdr->ag_blocks != size || hdr->bitmap_blocks != nbitmap)) {
       problem(head, name,
               fmt::format("describes AG {} of {} blocks with {} bitmap blocks; expected AG {} of "
-                          "{} with {}", hdr->ag_index, hdr->ag_blocks, hdr->bitmap_blocks, ag,
-                          size, nbitmap));
+                          "{} with {}",
+                          hdr->ag_index, hdr->ag_blocks, hdr->bitmap_blocks, ag, size, nbitmap));
       hdr.reset();
     }
 
@@ -259,8 +259,9 @@ class Checker {
         continue;
       }
       if (bm->ag_index != ag || bm->index != i || bm->first_bit != i * per_block) {
-        problem(blk, bname, fmt::format("is labelled AG {} index {} first bit {}", bm->ag_index,
-                                        bm->index, bm->first_bit));
+        problem(blk, bname,
+                fmt::format("is labelled AG {} index {} first bit {}", bm->ag_index, bm->index,
+                            bm->first_bit));
         bitmap_ok = false;
         continue;
       }

@@ -1,7 +1,8 @@
 // fsck.sharedfs: checks (and with -y repairs) a sharedfs device. Exit codes as e2fsck:
 // 0 clean, 1 errors fixed, 4 errors left uncorrected, 8 operational error, 16 usage.
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
 
 #include "mkfs/mkfs.h"
 #include "mkfs/progress.h"
@@ -53,8 +54,8 @@ int main(int argc, char** argv) {
   }
   const auto& g = report->superblock->geo;
   if (report->problems.empty()) {
-    fmt::print("{}: clean, {} node slots, {} AGs, {}/{} blocks free\n", path, g.slots,
-               g.ag_count, report->free_blocks, g.total_blocks);
+    fmt::print("{}: clean, {} node slots, {} AGs, {}/{} blocks free\n", path, g.slots, g.ag_count,
+               report->free_blocks, g.total_blocks);
   } else {
     fmt::print("{}: {} problem(s), {} fixed, {} left\n", path, report->problems.size(), fixed,
                report->problems.size() - fixed);

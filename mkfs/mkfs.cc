@@ -1,15 +1,14 @@
+#include "mkfs/mkfs.h"
+
 #include <blkid/blkid.h>
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstring>
 #include <memory>
 #include <random>
-
-#include <fmt/format.h>
-
-#include "mkfs/mkfs.h"
 
 namespace sharedfs::mkfs {
 namespace {
@@ -116,9 +115,12 @@ Result<format::Superblock> make_filesystem(device::BlockDevice& dev, const MkfsO
     AlignedBuffer buf(bs);
     for (uint32_t s = 0; s < g.slots; ++s) {
       const uint64_t blk = g.journal_header_blkno(s);
-      format::JournalHeader jh{.slot = s, .state = format::JournalState::kClean,
-                               .region_start = blk, .region_blocks = g.journal_blocks,
-                               .tail_block = blk + 1, .tail_sequence = 1};
+      format::JournalHeader jh{.slot = s,
+                               .state = format::JournalState::kClean,
+                               .region_start = blk,
+                               .region_blocks = g.journal_blocks,
+                               .tail_block = blk + 1,
+                               .tail_sequence = 1};
       jh.encode(buf.span(), {blk, tag});
       RETURN_IF_ERROR(dev.write(blk * bs, buf.span())
                           .with_context(fmt::format("writing journal header of slot {}", s)));
@@ -136,7 +138,9 @@ Result<format::Superblock> make_filesystem(device::BlockDevice& dev, const MkfsO
     uint64_t used = 1 + nbitmap + extra.size();
 
     AlignedBuffer buf((1 + uint64_t{nbitmap}) * bs);
-    format::AgHeader hdr{.ag_index = ag, .bitmap_blocks = nbitmap, .ag_blocks = g.ag_size(ag),
+    format::AgHeader hdr{.ag_index = ag,
+                         .bitmap_blocks = nbitmap,
+                         .ag_blocks = g.ag_size(ag),
                          .free_blocks = g.ag_size(ag) - used,
                          .inode_count = ag == 0 ? 1u : 0u};
     hdr.encode(block_of(buf, bs, 0), {head, tag});
@@ -160,8 +164,8 @@ Result<format::Superblock> make_filesystem(device::BlockDevice& dev, const MkfsO
     root.flags = format::Inode::kInlineData;
     root.parent = sb.root_inode;
     root.encode(buf.span(), {sb.root_inode, tag});
-    RETURN_IF_ERROR(dev.write(sb.root_inode * bs, buf.span())
-                        .with_context("writing the root directory inode"));
+    RETURN_IF_ERROR(
+        dev.write(sb.root_inode * bs, buf.span()).with_context("writing the root directory inode"));
   }
 
   // Superblocks last, after a flush, backup before primary.

@@ -1,7 +1,8 @@
 // mkfs.sharedfs: formats a shared device. Option parsing and printing only; the work is
 // make_filesystem() in mkfs.cc.
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
 
 #include "mkfs/mkfs.h"
 #include "mkfs/progress.h"
@@ -43,12 +44,11 @@ void print_geometry(const std::string& path, const format::Superblock& sb) {
   fmt::print("  node slots:         {}\n", g.slots);
   fmt::print("  journals:           {} per slot, blocks {}..{}\n", human(g.journal_blocks * bs),
              g.journal_start, g.journal_start + g.slots * g.journal_blocks - 1);
-  fmt::print("  allocation groups:  {} of {}{}, from block {}\n", g.ag_count,
-             human(g.ag_blocks * bs),
-             g.last_ag_blocks != g.ag_blocks
-                 ? fmt::format(" (last {})", human(g.last_ag_blocks * bs))
-                 : std::string(),
-             g.ag_start);
+  fmt::print(
+      "  allocation groups:  {} of {}{}, from block {}\n", g.ag_count, human(g.ag_blocks * bs),
+      g.last_ag_blocks != g.ag_blocks ? fmt::format(" (last {})", human(g.last_ag_blocks * bs))
+                                      : std::string(),
+      g.ag_start);
   fmt::print("  root directory:     inode {}\n", sb.root_inode);
   fmt::print("  backup superblock:  block {}\n", g.backup_superblock());
 }
@@ -122,8 +122,10 @@ int main(int argc, char** argv) {
   if (!sb) {
     fmt::print(stderr, "mkfs.sharedfs: {}: {}\n", path, sb.status().to_string());
     if (sb.status().code() == Code::kReservationConflict) {
-      fmt::print(stderr, "The device is reserved by a cluster; see `sharedfs reservation report "
-                         "{}`.\n", path);
+      fmt::print(stderr,
+                 "The device is reserved by a cluster; see `sharedfs reservation report "
+                 "{}`.\n",
+                 path);
     }
     return 1;
   }

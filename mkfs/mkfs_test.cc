@@ -85,8 +85,8 @@ void flip_byte(device::BlockDevice& dev, uint64_t blkno, uint32_t bs, size_t off
 
 TEST_F(MkfsTest, FreshFilesystemIsClean) {
   auto dev = open_image(256 * kMiB);
-  auto sb = format(*dev.io, {.slots = 4, .label = "vol", .cluster_name = "c1",
-                             .cluster_id = 0xabc});
+  auto sb =
+      format(*dev.io, {.slots = 4, .label = "vol", .cluster_name = "c1", .cluster_id = 0xabc});
   EXPECT_EQ(sb.cluster_id, 0xabcu);
   auto r = fsck(*dev.io);
   EXPECT_TRUE(r.problems.empty()) << describe(r);
@@ -184,8 +184,7 @@ TEST_F(MkfsTest, RefusesTooSmallDeviceSayingWhatFits) {
   auto sb = make_filesystem(*dev.io, {.slots = 16, .journal_bytes = 4 * kMiB});
   ASSERT_FALSE(sb.is_ok());
   EXPECT_EQ(sb.status().code(), Code::kNoSpace);
-  EXPECT_NE(sb.status().message().find("It would fit"), std::string::npos)
-      << sb.status().message();
+  EXPECT_NE(sb.status().message().find("It would fit"), std::string::npos) << sb.status().message();
 }
 
 TEST_F(MkfsTest, DetectsAndWipesSignatures) {

@@ -1,8 +1,9 @@
 // sharedfs: the operator's command. For now: read-only inspection of a device (debug) and
 // persistent-reservation administration (reservation). `mount` arrives with the file
 // system; `status`, `locks` and `top` with the cluster.
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
 
 #include "device/device.h"
 #include "format/format.h"
@@ -23,7 +24,8 @@ Result<format::Superblock> read_superblock(device::BlockDevice& dev) {
   if (bs < format::kMinBlockSize || bs > format::kMaxBlockSize) {
     return make_status(Code::kCorruption,
                        "{} has no sharedfs superblock at block 0 (fsck.sharedfs can restore it "
-                       "from the backup)", dev.describe());
+                       "from the backup)",
+                       dev.describe());
   }
   device::AlignedBuffer buf(bs);
   RETURN_IF_ERROR(dev.read(0, buf.span()));
@@ -35,7 +37,8 @@ std::string age(uint64_t then_ns) {
   const auto now = std::chrono::duration_cast<std::chrono::nanoseconds>(
                        std::chrono::system_clock::now().time_since_epoch())
                        .count();
-  return fmt::format("{:.1f}s ago", (static_cast<double>(now) - static_cast<double>(then_ns)) / 1e9);
+  return fmt::format("{:.1f}s ago",
+                     (static_cast<double>(now) - static_cast<double>(then_ns)) / 1e9);
 }
 
 int debug_superblock(device::BlockDevice& dev) {
@@ -49,7 +52,8 @@ int debug_superblock(device::BlockDevice& dev) {
   fmt::print("label              {}\n", sb->label);
   fmt::print("slots              {}\n", g.slots);
   fmt::print("slot table         block {}\n", g.slot_table_blkno);
-  fmt::print("heartbeats         blocks {}..{}\n", g.heartbeat_start, g.heartbeat_start + g.slots - 1);
+  fmt::print("heartbeats         blocks {}..{}\n", g.heartbeat_start,
+             g.heartbeat_start + g.slots - 1);
   fmt::print("orphan lists       blocks {}..{}\n", g.orphan_start, g.orphan_start + g.slots - 1);
   fmt::print("journals           from block {}, {} blocks each\n", g.journal_start,
              g.journal_blocks);
@@ -73,8 +77,8 @@ int debug_slots(device::BlockDevice& dev) {
   if (!sb) return fail(sb.status());
   auto table = read_struct<format::SlotTable>(dev, *sb, sb->geo.slot_table_blkno);
   if (!table) return fail(table.status());
-  fmt::print("{:>4}  {:<6}  {:>5}  {:<32}  {:<18}  {}\n", "slot", "state", "node", "host id",
-             "key", "mounted");
+  fmt::print("{:>4}  {:<6}  {:>5}  {:<32}  {:<18}  {}\n", "slot", "state", "node", "host id", "key",
+             "mounted");
   for (size_t i = 0; i < table->slots.size(); ++i) {
     const auto& e = table->slots[i];
     device::HostId host{e.host_id};

@@ -107,8 +107,8 @@ TEST_F(CliTest, MkfsThenFsckIsCleanOnLoopDevice) {
   run("sync");
   CmdResult ck2 = run(std::string(FSCK_BIN) + " -n " + image_);
   EXPECT_EQ(ck2.rc, 0) << ck2.out;
-  CmdResult reg = run(std::string(SHAREDFS_BIN) +
-                " reservation register " + loop + " --node 3 --cluster-id 9 --key 0x33");
+  CmdResult reg = run(std::string(SHAREDFS_BIN) + " reservation register " + loop +
+                      " --node 3 --cluster-id 9 --key 0x33");
   ASSERT_EQ(reg.rc, 0) << reg.out;
   CmdResult rep = run(std::string(SHAREDFS_BIN) + " reservation report " + image_);
   EXPECT_NE(rep.out.find("0x0000000000000033"), std::string::npos) << rep.out;
@@ -136,7 +136,8 @@ TEST_F(CliTest, FlippedByteMakesFsckExit4NamingTheBlock) {
     CmdResult ck = run(std::string(FSCK_BIN) + " -n " + image_);
     EXPECT_EQ(ck.rc, 4) << "block " << blk << "\n" << ck.out;
     EXPECT_NE(ck.out.find("block " + std::to_string(blk) + ":"), std::string::npos)
-        << "block " << blk << "\n" << ck.out;
+        << "block " << blk << "\n"
+        << ck.out;
     flip_byte(off);
   }
   EXPECT_EQ(run(std::string(FSCK_BIN) + " -n " + image_).rc, 0);
