@@ -18,21 +18,11 @@
 #include <thread>
 #include <vector>
 
+#include "common/test_util.h"
 #include "device/device.h"
 
 namespace sharedfs::device {
 namespace {
-
-#define ASSERT_OK(expr)                                                  \
-  do {                                                                   \
-    const ::sharedfs::Status _st = (expr);                               \
-    ASSERT_TRUE(_st.is_ok()) << #expr << " failed: " << _st.to_string(); \
-  } while (0)
-#define EXPECT_OK(expr)                                                  \
-  do {                                                                   \
-    const ::sharedfs::Status _st = (expr);                               \
-    EXPECT_TRUE(_st.is_ok()) << #expr << " failed: " << _st.to_string(); \
-  } while (0)
 
 constexpr uint64_t kImageSize = 1 << 20;
 constexpr size_t kBlock = 4096;

@@ -17,21 +17,11 @@
 #include <utility>
 #include <vector>
 
+#include "common/test_util.h"
 #include "device/device.h"
 
 namespace sharedfs::device {
 namespace {
-
-#define ASSERT_OK(expr)                                                  \
-  do {                                                                   \
-    const ::sharedfs::Status _st = (expr);                               \
-    ASSERT_TRUE(_st.is_ok()) << #expr << " failed: " << _st.to_string(); \
-  } while (0)
-#define EXPECT_OK(expr)                                                  \
-  do {                                                                   \
-    const ::sharedfs::Status _st = (expr);                               \
-    EXPECT_TRUE(_st.is_ok()) << #expr << " failed: " << _st.to_string(); \
-  } while (0)
 
 // The status of a write refused because the reservation forbids it: what a fenced node
 // sees, and what it must react to by withdrawing.

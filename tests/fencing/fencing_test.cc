@@ -39,17 +39,12 @@
 #include <thread>
 #include <vector>
 
+#include "common/test_util.h"
 #include "device/device.h"
 #include "tests/fencing/fencing_protocol.h"
 
 namespace sharedfs::fencing {
 namespace {
-
-#define ASSERT_OK(expr)                                                  \
-  do {                                                                   \
-    const ::sharedfs::Status _st = (expr);                               \
-    ASSERT_TRUE(_st.is_ok()) << #expr << " failed: " << _st.to_string(); \
-  } while (0)
 
 using device::ReservationType;
 using std::chrono::milliseconds;
