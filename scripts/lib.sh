@@ -12,7 +12,7 @@ SHAREDFS_PACKAGES=(
   libgtest-dev libgmock-dev
   libcli11-dev libspdlog-dev libfmt-dev libtomlplusplus-dev
   libisal-dev libblkid-dev liburing-dev
-  e2fsprogs util-linux iproute2 clang-format
+  e2fsprogs xfsprogs btrfs-progs util-linux iproute2 clang-format
 )
 
 sharedfs_install_deps() {

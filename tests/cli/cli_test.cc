@@ -177,6 +177,24 @@ TEST_F(CliTest, MkfsRefusesExt4WithoutForce) {
   EXPECT_NE(again.out.find("sharedfs"), std::string::npos) << again.out;
 }
 
+// Other file systems' signatures, found by libblkid, are refused the same way.
+class OtherFilesystemTest : public CliTest, public ::testing::WithParamInterface<const char*> {};
+
+TEST_P(OtherFilesystemTest, MkfsRefusesWithoutForceAndWipesWithForce) {
+  const std::string type = GetParam();
+  make_image(kGiB);
+  CmdResult made = run("mkfs." + type + " -q -f " + image_);
+  ASSERT_EQ(made.rc, 0) << made.out;
+  CmdResult mk = run(std::string(MKFS_BIN) + " " + image_);
+  EXPECT_NE(mk.rc, 0);
+  EXPECT_NE(mk.out.find(type), std::string::npos) << mk.out;
+  ASSERT_EQ(run(std::string(MKFS_BIN) + " -q -f " + image_).rc, 0);
+  EXPECT_EQ(run("blkid -p " + image_).out.find(type), std::string::npos);
+  EXPECT_EQ(run(std::string(FSCK_BIN) + " -n " + image_).rc, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Signatures, OtherFilesystemTest, ::testing::Values("xfs", "btrfs"));
+
 TEST_F(CliTest, MkfsRefusesTooSmallDeviceSayingWhatFits) {
   make_image(48 << 20);
   CmdResult mk = run(std::string(MKFS_BIN) + " --journal-size 4M " + image_);
