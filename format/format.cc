@@ -127,6 +127,12 @@ std::string_view block_type_name(BlockType type) {
       return "directory leaf";
     case BlockType::kDirIndex:
       return "directory index";
+    case BlockType::kJournalDescriptor:
+      return "journal descriptor";
+    case BlockType::kJournalRevoke:
+      return "journal revoke block";
+    case BlockType::kJournalCommit:
+      return "journal commit block";
   }
   return "unknown block";
 }
@@ -840,6 +846,87 @@ Result<DirIndex> DirIndex::decode(std::span<const std::byte> block, const BlockC
   d.leaves.resize(count);
   for (uint32_t i = 0; i < count; ++i) d.leaves[i] = r.u64(kPointersOffset + 8 * i);
   return d;
+}
+
+// ---------------------------------------------------------------------------------------
+// Journal log blocks
+
+void JournalDescriptor::encode(std::span<std::byte> block, const BlockContext& ctx) const {
+  SHAREDFS_CHECK(entries.size() <= capacity(static_cast<uint32_t>(block.size())),
+                 "journal descriptor overfull");
+  Writer w = begin(block);
+  w.u32(32, static_cast<uint32_t>(entries.size()));
+  size_t off = kEntriesOffset;
+  for (const Entry& e : entries) {
+    w.u64(off, e.target);
+    w.u32(off + 8, e.image_crc);
+    off += kEntrySize;
+  }
+  seal_block(block, BlockType::kJournalDescriptor, ctx, seq);
+}
+
+Result<JournalDescriptor> JournalDescriptor::decode(std::span<const std::byte> block,
+                                                    const BlockContext& ctx) {
+  JournalDescriptor d;
+  ASSIGN_OR_RETURN(d.seq, check_block(block, BlockType::kJournalDescriptor, ctx));
+  Reader r(block);
+  const uint32_t count = r.u32(32);
+  if (count == 0 || count > capacity(static_cast<uint32_t>(block.size()))) {
+    return corrupt(BlockType::kJournalDescriptor, ctx.blkno, fmt::format("entry count {}", count));
+  }
+  d.entries.resize(count);
+  size_t off = kEntriesOffset;
+  for (Entry& e : d.entries) {
+    e.target = r.u64(off);
+    e.image_crc = r.u32(off + 8);
+    off += kEntrySize;
+  }
+  return d;
+}
+
+void JournalRevoke::encode(std::span<std::byte> block, const BlockContext& ctx) const {
+  SHAREDFS_CHECK(blocks.size() <= capacity(static_cast<uint32_t>(block.size())),
+                 "journal revoke block overfull");
+  Writer w = begin(block);
+  w.u32(32, static_cast<uint32_t>(blocks.size()));
+  for (size_t i = 0; i < blocks.size(); ++i) w.u64(kEntriesOffset + 8 * i, blocks[i]);
+  seal_block(block, BlockType::kJournalRevoke, ctx, seq);
+}
+
+Result<JournalRevoke> JournalRevoke::decode(std::span<const std::byte> block,
+                                            const BlockContext& ctx) {
+  JournalRevoke v;
+  ASSIGN_OR_RETURN(v.seq, check_block(block, BlockType::kJournalRevoke, ctx));
+  Reader r(block);
+  const uint32_t count = r.u32(32);
+  if (count == 0 || count > capacity(static_cast<uint32_t>(block.size()))) {
+    return corrupt(BlockType::kJournalRevoke, ctx.blkno, fmt::format("entry count {}", count));
+  }
+  v.blocks.resize(count);
+  for (uint32_t i = 0; i < count; ++i) v.blocks[i] = r.u64(kEntriesOffset + 8 * i);
+  return v;
+}
+
+void JournalCommit::encode(std::span<std::byte> block, const BlockContext& ctx) const {
+  Writer w = begin(block);
+  w.u32(32, log_blocks);
+  w.u32(36, image_count);
+  w.u64(40, commit_ns);
+  seal_block(block, BlockType::kJournalCommit, ctx, seq);
+}
+
+Result<JournalCommit> JournalCommit::decode(std::span<const std::byte> block,
+                                            const BlockContext& ctx) {
+  JournalCommit c;
+  ASSIGN_OR_RETURN(c.seq, check_block(block, BlockType::kJournalCommit, ctx));
+  Reader r(block);
+  c.log_blocks = r.u32(32);
+  c.image_count = r.u32(36);
+  c.commit_ns = r.u64(40);
+  if (c.image_count > c.log_blocks) {
+    return corrupt(BlockType::kJournalCommit, ctx.blkno, "more images than log blocks");
+  }
+  return c;
 }
 
 }  // namespace sharedfs::format

@@ -51,6 +51,9 @@ enum class BlockType : uint32_t {
   kExtentNode = 0x58454653,     // "SFEX"
   kDirLeaf = 0x4c444653,        // "SFDL"
   kDirIndex = 0x49444653,       // "SFDI"
+  kJournalDescriptor = 0x444a4653,  // "SFJD"
+  kJournalRevoke = 0x524a4653,      // "SFJR"
+  kJournalCommit = 0x434a4653,      // "SFJC"
 };
 std::string_view block_type_name(BlockType type);
 
@@ -374,6 +377,55 @@ struct DirIndex {
   static size_t capacity(uint32_t block_size) { return (block_size - kPointersOffset) / 8; }
   void encode(std::span<std::byte> block, const BlockContext& ctx) const;
   static Result<DirIndex> decode(std::span<const std::byte> block, const BlockContext& ctx);
+};
+
+// ---------------------------------------------------------------------------------------
+// Journal log blocks (journal/ writes and replays them). A transaction in the log is one or
+// more descriptor and revoke blocks, each descriptor followed by the images it lists, then
+// one commit block; all carry the transaction's sequence number as their header seq and
+// their own log position as their block number. A transaction counts only if its commit
+// block is valid and every image matches the checksum its descriptor recorded.
+
+struct JournalDescriptor {
+  static constexpr size_t kEntriesOffset = 64;
+  static constexpr size_t kEntrySize = 16;
+  struct Entry {
+    uint64_t target = 0;     // where the image belongs on the device
+    uint32_t image_crc = 0;  // crc32c of the image as logged
+    bool operator==(const Entry&) const = default;
+  };
+  uint64_t seq = 0;
+  std::vector<Entry> entries;  // the images that follow this block, in order
+
+  static size_t capacity(uint32_t block_size) {
+    return (block_size - kEntriesOffset) / kEntrySize;
+  }
+  void encode(std::span<std::byte> block, const BlockContext& ctx) const;
+  static Result<JournalDescriptor> decode(std::span<const std::byte> block,
+                                          const BlockContext& ctx);
+};
+
+// Blocks whose images in this or earlier transactions must not be replayed: their newer
+// contents went to the device in place (checkpointed before a lock was released) and may
+// since have been changed by another node.
+struct JournalRevoke {
+  static constexpr size_t kEntriesOffset = 64;
+  uint64_t seq = 0;
+  std::vector<uint64_t> blocks;
+
+  static size_t capacity(uint32_t block_size) { return (block_size - kEntriesOffset) / 8; }
+  void encode(std::span<std::byte> block, const BlockContext& ctx) const;
+  static Result<JournalRevoke> decode(std::span<const std::byte> block, const BlockContext& ctx);
+};
+
+struct JournalCommit {
+  uint64_t seq = 0;
+  uint32_t log_blocks = 0;  // blocks of this transaction before the commit block
+  uint32_t image_count = 0;
+  uint64_t commit_ns = 0;   // CLOCK_REALTIME, informational
+
+  void encode(std::span<std::byte> block, const BlockContext& ctx) const;
+  static Result<JournalCommit> decode(std::span<const std::byte> block, const BlockContext& ctx);
 };
 
 }  // namespace sharedfs::format

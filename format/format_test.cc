@@ -299,6 +299,35 @@ TEST(DirIndex, RoundTripAndRejections) {
   check_common_rejections(d, BlockType::kDirIndex);
 }
 
+TEST(JournalBlocks, RoundTripAndRejections) {
+  JournalDescriptor d{.seq = 41};
+  for (uint64_t i = 0; i < JournalDescriptor::capacity(kBs); ++i) {
+    d.entries.push_back({1000 + i, static_cast<uint32_t>(i * 31)});
+  }
+  Buf buf;
+  d.encode(buf.span(), {50, 9});
+  auto gd = JournalDescriptor::decode(buf.span(), {50, 9});
+  ASSERT_TRUE(gd.is_ok());
+  EXPECT_EQ(gd->entries, d.entries);
+  EXPECT_EQ(gd->seq, 41u);
+  check_common_rejections(d, BlockType::kJournalDescriptor);
+
+  JournalRevoke v{.seq = 41, .blocks = {7, 9, 11}};
+  v.encode(buf.span(), {51, 9});
+  auto gv = JournalRevoke::decode(buf.span(), {51, 9});
+  ASSERT_TRUE(gv.is_ok());
+  EXPECT_EQ(gv->blocks, v.blocks);
+  check_common_rejections(v, BlockType::kJournalRevoke);
+
+  JournalCommit c{.seq = 41, .log_blocks = 5, .image_count = 3, .commit_ns = 77};
+  c.encode(buf.span(), {52, 9});
+  auto gc = JournalCommit::decode(buf.span(), {52, 9});
+  ASSERT_TRUE(gc.is_ok());
+  EXPECT_EQ(gc->log_blocks, 5u);
+  EXPECT_EQ(gc->image_count, 3u);
+  check_common_rejections(c, BlockType::kJournalCommit);
+}
+
 TEST(DirNameHash, IsNeverZero) {
   EXPECT_NE(dir_name_hash(""), 0u);
   EXPECT_NE(dir_name_hash("a"), dir_name_hash("b"));
