@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <functional>
 
+#include "journal/journal.h"
 #include "mkfs/mkfs.h"
 
 namespace sharedfs::mkfs {
@@ -227,7 +228,19 @@ class Checker {
                           "{}",
                           jh->slot, jh->region_blocks, s, g.journal_blocks));
     } else if (jh->state == format::JournalState::kDirty) {
-      problem(blk, name, "needs replay: mount the device on a node to replay it");
+      // A node stopped without unmounting. Replay is exactly what its next mount (or a
+      // survivor) would do, so -y does it here.
+      bool fixed = false;
+      std::string what = "needs replay (the node did not unmount cleanly)";
+      if (opts_.repair) {
+        auto r = journal::replay(dev_, sb_, s);
+        if (!r) return r.status().with_context(fmt::format("replaying the journal of slot {}", s));
+        fixed = true;
+        dirty_ = true;
+        what += fmt::format(": replayed {} transactions, {} blocks", r->transactions,
+                            r->blocks_written);
+      }
+      problem(blk, name, what, fixed);
     }
     return Status::ok();
   }

@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <random>
 
+#include "journal/journal.h"
+
 namespace sharedfs::mkfs {
 namespace {
 
@@ -170,6 +172,28 @@ TEST_F(MkfsTest, LeavesWhatCannotBeRepairedSafely) {
   EXPECT_EQ(r.exit_code(), 4) << describe(r);
   EXPECT_EQ(r.problems.size(), 2u);
   for (const auto& p : r.problems) EXPECT_FALSE(p.fixed);
+}
+
+TEST_F(MkfsTest, DirtyJournalIsReportedAndReplayedWithRepair) {
+  auto dev = open_image(128 * kMiB);
+  auto sb = format(*dev.io, {.slots = 2});
+  const uint64_t target = sb.geo.ag_first_data_block(1);
+  {
+    auto j = journal::Journal::open(*dev.io, sb, 1);
+    ASSERT_TRUE(j.is_ok());
+    journal::Transaction t;
+    std::vector<std::byte> image(sb.geo.block_size, std::byte{0x77});
+    t.write(target, image);
+    ASSERT_TRUE((*j)->commit(std::move(t)).is_ok());
+  }  // the node "crashes": no checkpoint, journal left dirty
+  auto check = fsck(*dev.io);
+  EXPECT_EQ(check.exit_code(), 4) << describe(check);
+  auto fix = fsck(*dev.io, true);
+  EXPECT_EQ(fix.exit_code(), 1) << describe(fix);
+  EXPECT_EQ(fsck(*dev.io).exit_code(), 0);
+  AlignedBuffer buf(sb.geo.block_size);
+  ASSERT_TRUE(dev.io->read(target * sb.geo.block_size, buf.span()));
+  EXPECT_EQ(buf.data()[100], std::byte{0x77});
 }
 
 TEST_F(MkfsTest, NoFilesystemIsAnOperationalError) {
