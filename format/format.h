@@ -40,17 +40,17 @@ inline constexpr char kSignature[8] = {'S', 'H', 'A', 'R', 'E', 'D', 'F', 'S'};
 
 // Magic numbers; as bytes on disk they read "SFSB", "SFST", ... in a hex dump.
 enum class BlockType : uint32_t {
-  kSuperblock = 0x42534653,     // "SFSB"
-  kSlotTable = 0x54534653,      // "SFST"
-  kHeartbeat = 0x42484653,      // "SFHB"
-  kOrphanList = 0x524f4653,     // "SFOR"
-  kJournalHeader = 0x484a4653,  // "SFJH"
-  kAgHeader = 0x47414653,       // "SFAG"
-  kBitmap = 0x4d424653,         // "SFBM"
-  kInode = 0x4e494653,          // "SFIN"
-  kExtentNode = 0x58454653,     // "SFEX"
-  kDirLeaf = 0x4c444653,        // "SFDL"
-  kDirIndex = 0x49444653,       // "SFDI"
+  kSuperblock = 0x42534653,         // "SFSB"
+  kSlotTable = 0x54534653,          // "SFST"
+  kHeartbeat = 0x42484653,          // "SFHB"
+  kOrphanList = 0x524f4653,         // "SFOR"
+  kJournalHeader = 0x484a4653,      // "SFJH"
+  kAgHeader = 0x47414653,           // "SFAG"
+  kBitmap = 0x4d424653,             // "SFBM"
+  kInode = 0x4e494653,              // "SFIN"
+  kExtentNode = 0x58454653,         // "SFEX"
+  kDirLeaf = 0x4c444653,            // "SFDL"
+  kDirIndex = 0x49444653,           // "SFDI"
   kJournalDescriptor = 0x444a4653,  // "SFJD"
   kJournalRevoke = 0x524a4653,      // "SFJR"
   kJournalCommit = 0x434a4653,      // "SFJC"
@@ -397,9 +397,7 @@ struct JournalDescriptor {
   uint64_t seq = 0;
   std::vector<Entry> entries;  // the images that follow this block, in order
 
-  static size_t capacity(uint32_t block_size) {
-    return (block_size - kEntriesOffset) / kEntrySize;
-  }
+  static size_t capacity(uint32_t block_size) { return (block_size - kEntriesOffset) / kEntrySize; }
   void encode(std::span<std::byte> block, const BlockContext& ctx) const;
   static Result<JournalDescriptor> decode(std::span<const std::byte> block,
                                           const BlockContext& ctx);
@@ -422,7 +420,7 @@ struct JournalCommit {
   uint64_t seq = 0;
   uint32_t log_blocks = 0;  // blocks of this transaction before the commit block
   uint32_t image_count = 0;
-  uint64_t commit_ns = 0;   // CLOCK_REALTIME, informational
+  uint64_t commit_ns = 0;  // CLOCK_REALTIME, informational
 
   void encode(std::span<std::byte> block, const BlockContext& ctx) const;
   static Result<JournalCommit> decode(std::span<const std::byte> block, const BlockContext& ctx);
