@@ -1,10 +1,10 @@
 #include "journal/journal.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
-
-#include <fmt/format.h>
 
 namespace sharedfs::journal {
 namespace {
@@ -30,8 +30,8 @@ Result<format::JournalHeader> read_header(device::BlockDevice& dev, const format
   ASSIGN_OR_RETURN(auto hdr, format::JournalHeader::decode(buf.span(), {blk, sb.fs_tag()}));
   if (hdr.slot != slot || hdr.region_blocks != sb.geo.journal_blocks) {
     return make_status(Code::kCorruption,
-                       "journal header at block {} describes slot {} with {} blocks", blk,
-                       hdr.slot, hdr.region_blocks);
+                       "journal header at block {} describes slot {} with {} blocks", blk, hdr.slot,
+                       hdr.region_blocks);
   }
   return hdr;
 }
@@ -50,8 +50,7 @@ LogRegion log_region(const format::Superblock& sb, uint32_t slot) {
 }
 
 // True if the log block at `pos` is a journal block of transaction `seq`.
-bool holds_transaction(std::span<const std::byte> block, uint64_t pos, uint32_t tag,
-                       uint64_t seq) {
+bool holds_transaction(std::span<const std::byte> block, uint64_t pos, uint32_t tag, uint64_t seq) {
   const BlockContext ctx{pos, tag};
   switch (static_cast<BlockType>(format::peek_magic(block))) {
     case BlockType::kJournalDescriptor: {
@@ -317,8 +316,8 @@ Status Journal::checkpoint_blocks(std::span<const uint64_t> blocks) {
     if (p != pending_.end()) {
       AlignedBuffer buf(bs_);  // direct I/O wants an aligned buffer
       std::memcpy(buf.data(), p->second.data->data(), bs_);
-      RETURN_IF_ERROR(dev_.write(b * bs_, buf.span())
-                          .with_context(fmt::format("checkpointing block {}", b)));
+      RETURN_IF_ERROR(
+          dev_.write(b * bs_, buf.span()).with_context(fmt::format("checkpointing block {}", b)));
       ++stats_.blocks_checkpointed;
       wrote = true;
     }
@@ -358,8 +357,8 @@ struct ScannedTransaction {
 // transaction `seq` there. `end` receives the position after its commit block.
 Result<std::optional<ScannedTransaction>> scan_transaction(device::BlockDevice& dev,
                                                            const LogRegion& log, uint32_t bs,
-                                                           uint32_t tag, uint64_t pos,
-                                                           uint64_t seq, uint64_t* end) {
+                                                           uint32_t tag, uint64_t pos, uint64_t seq,
+                                                           uint64_t* end) {
   ScannedTransaction t{.seq = seq};
   AlignedBuffer blk(bs);
   uint64_t n = 0;  // blocks of this transaction before the commit
@@ -408,8 +407,7 @@ Result<std::optional<ScannedTransaction>> scan_transaction(device::BlockDevice& 
 
 }  // namespace
 
-Result<ReplayResult> replay(device::BlockDevice& dev, const format::Superblock& sb,
-                            uint32_t slot) {
+Result<ReplayResult> replay(device::BlockDevice& dev, const format::Superblock& sb, uint32_t slot) {
   if (slot >= sb.geo.slots) {
     return make_status(Code::kInvalidArgument, "slot {} does not exist", slot);
   }
@@ -453,8 +451,8 @@ Result<ReplayResult> replay(device::BlockDevice& dev, const format::Superblock& 
   AlignedBuffer blk(bs);
   for (const auto& [target, p] : latest) {
     RETURN_IF_ERROR(dev.read(p * bs, blk.span()));
-    RETURN_IF_ERROR(dev.write(target * bs, blk.span())
-                        .with_context(fmt::format("replaying block {}", target)));
+    RETURN_IF_ERROR(
+        dev.write(target * bs, blk.span()).with_context(fmt::format("replaying block {}", target)));
     ++result.blocks_written;
   }
   RETURN_IF_ERROR(dev.flush().with_context("flushing replayed blocks"));

@@ -25,6 +25,7 @@
 // which must outlive it.
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -131,13 +132,13 @@ class Journal {
   const uint64_t log_end_;    // one past the last log block
 
   mutable std::mutex mu_;
-  format::JournalHeader header_;            // GUARDED_BY(mu_): tail as on the device
-  uint64_t head_;                           // GUARDED_BY(mu_): next log position
-  uint64_t next_seq_;                       // GUARDED_BY(mu_)
-  std::vector<Committed> live_;             // GUARDED_BY(mu_): in log order
-  std::map<uint64_t, Image> pending_;       // GUARDED_BY(mu_): not yet at home
-  std::map<uint64_t, uint64_t> home_seq_;   // GUARDED_BY(mu_): seq at home, for live targets
-  JournalStats stats_;                      // GUARDED_BY(mu_)
+  format::JournalHeader header_;           // GUARDED_BY(mu_): tail as on the device
+  uint64_t head_;                          // GUARDED_BY(mu_): next log position
+  uint64_t next_seq_;                      // GUARDED_BY(mu_)
+  std::vector<Committed> live_;            // GUARDED_BY(mu_): in log order
+  std::map<uint64_t, Image> pending_;      // GUARDED_BY(mu_): not yet at home
+  std::map<uint64_t, uint64_t> home_seq_;  // GUARDED_BY(mu_): seq at home, for live targets
+  JournalStats stats_;                     // GUARDED_BY(mu_)
 };
 
 struct ReplayResult {
@@ -149,7 +150,117 @@ struct ReplayResult {
 
 // Replays `slot`'s journal and leaves it empty and clean. Safe to repeat, and safe to
 // interrupt: a replay cut short is simply done again.
-Result<ReplayResult> replay(device::BlockDevice& dev, const format::Superblock& sb,
-                            uint32_t slot);
+Result<ReplayResult> replay(device::BlockDevice& dev, const format::Superblock& sb, uint32_t slot);
+
+// ---------------------------------------------------------------------------------------
+// The running transaction and the metadata block cache (JBD2's handle model).
+//
+// File-system operations change metadata in cached Buffers and join the one running
+// transaction through a Handle. commit() closes the running transaction (new handles
+// wait for the next one, open handles are waited for), snapshots every buffer marked
+// dirty, and hands the images to the Journal. Many operations share one commit (group
+// commit), and a buffer changed by several operations is logged once.
+//
+// Locking: a Buffer's bytes are guarded by the caller's lock on the resource that covers
+// the block (inode lock, AG lock, ...), held while a Handle changes them; the manager's
+// own mutex guards only its maps and the transaction state. Lock order: caller's locks,
+// then the manager (never the other way round: no callback runs under the manager's
+// mutex).
+
+class Buffer {
+ public:
+  explicit Buffer(uint64_t blkno, uint32_t block_size) : blkno_(blkno), data_(block_size) {}
+  uint64_t blkno() const { return blkno_; }
+  std::span<std::byte> data() { return data_.span(); }
+  std::span<const std::byte> data() const { return data_.span(); }
+
+ private:
+  const uint64_t blkno_;
+  device::AlignedBuffer data_;
+};
+using BufferRef = std::shared_ptr<Buffer>;
+
+class TransactionManager;
+
+// One operation's membership of the running transaction. Move-only; ends when destroyed.
+class Handle {
+ public:
+  Handle(Handle&& other) noexcept;
+  Handle& operator=(Handle&&) = delete;
+  Handle(const Handle&) = delete;
+  ~Handle();
+
+  // Records that this operation changed `b` (call after changing it, still under the lock
+  // covering it).
+  void dirty(const BufferRef& b);
+  // The block was freed: drop it from the cache, log a revoke, never write it home.
+  void revoke(uint64_t blkno);
+  // Sequence number of the transaction this handle joined (for fsync: commit_until).
+  uint64_t transaction() const { return seq_; }
+
+ private:
+  friend class TransactionManager;
+  Handle(TransactionManager* tm, uint64_t seq) : tm_(tm), seq_(seq) {}
+  TransactionManager* tm_;
+  uint64_t seq_;
+};
+
+struct TransactionManagerOptions {
+  // Cached clean buffers beyond this are dropped, least recently read first.
+  size_t max_clean_buffers = 65536;
+};
+
+class TransactionManager {
+ public:
+  TransactionManager(device::BlockDevice& dev, Journal& journal, uint32_t block_size,
+                     TransactionManagerOptions opts = {});
+  ~TransactionManager();
+
+  // Metadata block `blkno` as last changed in memory or committed: from the cache, else
+  // the journal's not-yet-checkpointed image, else the device.
+  Result<BufferRef> read(uint64_t blkno);
+  // A block about to be initialised from scratch (freshly allocated): zeroed, not read.
+  BufferRef create(uint64_t blkno);
+  // Drops cached copies of `blocks` that no open transaction has dirtied (another node may
+  // change them once our lock is gone).
+  void forget(std::span<const uint64_t> blocks);
+
+  // Joins the running transaction (waits while it is being closed).
+  Handle begin();
+  // Commits the running transaction if it holds changes; returns the sequence number of
+  // the last committed transaction. Durable when it returns.
+  Result<uint64_t> commit();
+  // Commits if transaction `seq` (from Handle::transaction) is not durable yet.
+  Status commit_until(uint64_t seq);
+  uint64_t last_committed() const;
+  size_t cached_buffers() const;
+
+ private:
+  friend class Handle;
+  enum class Action { kWrite, kRevoke };
+  void end_handle(uint64_t seq);
+  void mark(uint64_t seq, uint64_t blkno, const BufferRef& b, Action action);
+  void trim_locked();
+  bool pinned_locked(uint64_t blkno) const;
+
+  device::BlockDevice& dev_;
+  Journal& journal_;
+  const uint32_t bs_;
+  const TransactionManagerOptions opts_;
+
+  std::mutex commit_mu_;  // one commit at a time; taken before mu_
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<uint64_t, BufferRef> cache_;  // GUARDED_BY(mu_)
+  std::map<uint64_t, uint64_t> lru_;     // GUARDED_BY(mu_): blkno -> last use tick
+  uint64_t tick_ = 0;                    // GUARDED_BY(mu_)
+  // The running transaction: its sequence number, open handles, what it changed.
+  uint64_t running_seq_;                                      // GUARDED_BY(mu_)
+  int open_handles_ = 0;                                      // GUARDED_BY(mu_)
+  bool closing_ = false;                                      // GUARDED_BY(mu_)
+  std::map<uint64_t, std::pair<Action, BufferRef>> changes_;  // GUARDED_BY(mu_)
+  std::set<uint64_t> committing_;  // GUARDED_BY(mu_): blocks of the commit in progress
+  uint64_t last_committed_;        // GUARDED_BY(mu_)
+};
 
 }  // namespace sharedfs::journal
