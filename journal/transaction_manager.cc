@@ -123,7 +123,12 @@ void TransactionManager::mark(uint64_t seq, uint64_t blkno, const BufferRef& b, 
   std::lock_guard lock(mu_);
   SHAREDFS_CHECK(seq == running_seq_, "change through a handle of a closed transaction");
   changes_[blkno] = {action, b};
-  if (action == Action::kRevoke) {
+  if (action == Action::kWrite) {
+    // The buffer may have been trimmed between the caller's read() and now; the changed
+    // copy must be the one later readers get.
+    cache_[blkno] = b;
+    lru_[blkno] = ++tick_;
+  } else {
     cache_.erase(blkno);
     lru_.erase(blkno);
   }

@@ -1,0 +1,114 @@
+// allocator/ — block and inode allocation over allocation groups (DESIGN.md §3, §4).
+// docs/allocator.md describes the policy; the AG header and bitmap blocks it changes are
+// in docs/on-disk-format.md §3.6 and §3.7.
+//
+// Every change goes through the journal: the allocator reads an AG's header and bitmap
+// blocks through the TransactionManager, changes them in the cached Buffers and marks them
+// dirty on the caller's Handle, so an allocation becomes durable with the transaction of
+// the operation that asked for it. An AG header's free_blocks and inode_count always
+// equal what its bitmap says (fsck checks this).
+//
+// Single node for now: each AG is guarded by a process-local mutex standing in for the
+// AG's DLM lock, whose lock value block will carry the AG's free count.
+//
+// Thread-safety: all methods may be called concurrently from any thread. Lock order: one
+// AG lock at a time (never two), then the TransactionManager's own mutex (taken inside
+// read/dirty/revoke). A caller may hold its own locks (inode locks) across these calls.
+//
+// Ownership: the Allocator keeps references to the TransactionManager, which must outlive
+// it; it keeps a copy of the superblock.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "common/status.h"
+#include "format/format.h"
+#include "journal/journal.h"
+
+namespace sharedfs::allocator {
+
+// `count` device blocks from block `start`.
+struct BlockRange {
+  uint64_t start = 0;
+  uint32_t count = 0;
+
+  uint64_t end() const { return start + count; }  // one past the last block
+  bool operator==(const BlockRange&) const = default;
+};
+
+// Totals over the data areas of all AGs (AG headers and bitmap blocks excluded).
+struct Usage {
+  uint64_t total_blocks = 0;
+  uint64_t free_blocks = 0;
+  uint64_t inodes = 0;
+};
+
+class Allocator {
+ public:
+  // Reads every AG header once (through `tm`) to learn the free and inode counts.
+  // `home_slot`: the node's slot. The node prefers the AGs a with a % slots == home_slot %
+  // slots, so the nodes of a cluster allocate without meeting, and moves on to other AGs
+  // when those fill. kCorruption if an AG header is invalid or disagrees with the geometry.
+  static Result<std::unique_ptr<Allocator>> open(journal::TransactionManager& tm,
+                                                 const format::Superblock& sb, uint32_t home_slot);
+  ~Allocator();
+  Allocator(const Allocator&) = delete;
+  Allocator& operator=(const Allocator&) = delete;
+
+  // Up to `want` contiguous free blocks, at least `min` (1 <= min <= want, else
+  // kInvalidArgument), starting as close after `goal` as possible. goal 0 (or a block in
+  // no AG) = no preference: the node's current AG, from that AG's cursor. kNoSpace if no
+  // AG has `min` contiguous free blocks.
+  Result<BlockRange> allocate(journal::Handle& h, uint64_t goal, uint32_t want, uint32_t min);
+
+  // One block for an inode (inode number = block number), near `goal` (the parent
+  // directory's inode); increments that AG header's inode_count.
+  Result<uint64_t> allocate_inode(journal::Handle& h, uint64_t goal);
+
+  // Frees `r`. Every block must be allocated and inside one AG's data area, otherwise
+  // kCorruption naming the blocks and nothing changes (kInvalidArgument for count 0).
+  // metadata=true also revokes each block through h.revoke(), so the journal never writes
+  // an old metadata image over whatever the block holds next.
+  Status free(journal::Handle& h, BlockRange r, bool metadata);
+
+  // Frees inode block `ino` (as metadata) and decrements its AG's inode_count.
+  Status free_inode(journal::Handle& h, uint64_t ino);
+
+  // From the in-memory per-AG counts, which are kept exact; no I/O, never blocks on an AG
+  // lock. Exact when no allocation or free is in flight.
+  Usage usage() const;
+
+ private:
+  struct AgState;
+  struct HeaderRef;
+
+  Allocator(journal::TransactionManager& tm, const format::Superblock& sb, uint32_t home_slot);
+
+  Result<HeaderRef> read_header(uint32_t ag);
+  void write_header(journal::Handle& h, uint32_t ag, HeaderRef& ref);
+  // Tries AG `ag` under its lock, from AG-relative bit `from_bit` (nullopt: the AG's
+  // cursor). nullopt when the AG has no run of `min` free blocks.
+  Result<std::optional<BlockRange>> allocate_in(journal::Handle& h, uint32_t ag,
+                                                std::optional<uint64_t> from_bit, uint32_t want,
+                                                uint32_t min, bool inode);
+  Result<BlockRange> allocate_any(journal::Handle& h, uint64_t goal, uint32_t want, uint32_t min,
+                                  bool inode);
+  Status free_range(journal::Handle& h, BlockRange r, bool metadata, bool inode);
+
+  journal::TransactionManager& tm_;
+  const format::Superblock sb_;
+  const format::Geometry& geo_;  // sb_.geo
+  const uint32_t tag_;
+  const uint32_t home_slot_;
+  std::unique_ptr<AgState[]> ags_;  // one per AG
+  std::vector<uint32_t> order_;     // home AGs in index order, then every other AG
+  uint64_t total_blocks_ = 0;       // sum of the AG data areas; fixed at open
+  // The AG that allocations without a goal start in: the last AG such an allocation used.
+  std::atomic<uint32_t> current_ag_{0};
+};
+
+}  // namespace sharedfs::allocator
