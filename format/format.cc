@@ -133,6 +133,8 @@ std::string_view block_type_name(BlockType type) {
       return "journal revoke block";
     case BlockType::kJournalCommit:
       return "journal commit block";
+    case BlockType::kXattr:
+      return "xattr block";
   }
   return "unknown block";
 }
@@ -820,6 +822,57 @@ Result<DirLeaf> DirLeaf::decode(std::span<const std::byte> block, const BlockCon
   }
   l.entries = std::move(*entries);
   return l;
+}
+
+size_t XattrBlock::bytes_for(const std::vector<Entry>& entries) {
+  size_t n = 0;
+  for (const auto& e : entries) n += kEntryHeader + e.name.size() + e.value.size();
+  return n;
+}
+
+void XattrBlock::encode(std::span<std::byte> block, const BlockContext& ctx) const {
+  SHAREDFS_CHECK(bytes_for(entries) <= area(static_cast<uint32_t>(block.size())),
+                 "xattr block overfull");
+  Writer w = begin(block);
+  w.u64(32, owner);
+  w.u32(40, static_cast<uint32_t>(entries.size()));
+  size_t off = kEntriesOffset;
+  for (const auto& e : entries) {
+    SHAREDFS_CHECK(!e.name.empty() && e.name.size() <= 255, "xattr name length");
+    w.u8(off, static_cast<uint8_t>(e.name.size()));
+    w.u16(off + 2, static_cast<uint16_t>(e.value.size()));
+    w.bytes(off + kEntryHeader, e.name.data(), e.name.size());
+    w.bytes(off + kEntryHeader + e.name.size(), e.value.data(), e.value.size());
+    off += kEntryHeader + e.name.size() + e.value.size();
+  }
+  seal_block(block, BlockType::kXattr, ctx, seq);
+}
+
+Result<XattrBlock> XattrBlock::decode(std::span<const std::byte> block, const BlockContext& ctx) {
+  XattrBlock x;
+  ASSIGN_OR_RETURN(x.seq, check_block(block, BlockType::kXattr, ctx));
+  Reader r(block);
+  x.owner = r.u64(32);
+  const uint32_t count = r.u32(40);
+  size_t off = kEntriesOffset;
+  for (uint32_t i = 0; i < count; ++i) {
+    if (off + kEntryHeader > block.size()) {
+      return corrupt(BlockType::kXattr, ctx.blkno, fmt::format("entry {} past the block", i));
+    }
+    Entry e;
+    const size_t name_len = r.u8(off);
+    const size_t value_len = r.u16(off + 2);
+    if (name_len == 0 || off + kEntryHeader + name_len + value_len > block.size()) {
+      return corrupt(BlockType::kXattr, ctx.blkno, fmt::format("entry {} has a bad length", i));
+    }
+    e.name.resize(name_len);
+    r.bytes(off + kEntryHeader, e.name.data(), name_len);
+    e.value.resize(value_len);
+    r.bytes(off + kEntryHeader + name_len, e.value.data(), value_len);
+    off += kEntryHeader + name_len + value_len;
+    x.entries.push_back(std::move(e));
+  }
+  return x;
 }
 
 void DirIndex::encode(std::span<std::byte> block, const BlockContext& ctx) const {

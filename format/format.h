@@ -54,6 +54,7 @@ enum class BlockType : uint32_t {
   kJournalDescriptor = 0x444a4653,  // "SFJD"
   kJournalRevoke = 0x524a4653,      // "SFJR"
   kJournalCommit = 0x434a4653,      // "SFJC"
+  kXattr = 0x41584653,              // "SFXA"
 };
 std::string_view block_type_name(BlockType type);
 
@@ -377,6 +378,28 @@ struct DirIndex {
   static size_t capacity(uint32_t block_size) { return (block_size - kPointersOffset) / 8; }
   void encode(std::span<std::byte> block, const BlockContext& ctx) const;
   static Result<DirIndex> decode(std::span<const std::byte> block, const BlockContext& ctx);
+};
+
+// An inode's extended attributes (Inode::xattr_block): name/value pairs packed back to back
+// from kEntriesOffset, sorted by name. Each entry: u8 name length, u8 reserved, u16 value
+// length, then the name (with its namespace prefix, e.g. "user.") and the value.
+struct XattrBlock {
+  static constexpr size_t kEntriesOffset = 64;
+  static constexpr size_t kEntryHeader = 4;
+  struct Entry {
+    std::string name;  // 1..255 bytes
+    std::vector<uint8_t> value;
+    bool operator==(const Entry&) const = default;
+  };
+  uint64_t seq = 0;
+  uint64_t owner = 0;  // inode number
+  std::vector<Entry> entries;
+
+  // Bytes the entries take; they fit when this is <= area(block_size).
+  static size_t bytes_for(const std::vector<Entry>& entries);
+  static size_t area(uint32_t block_size) { return block_size - kEntriesOffset; }
+  void encode(std::span<std::byte> block, const BlockContext& ctx) const;
+  static Result<XattrBlock> decode(std::span<const std::byte> block, const BlockContext& ctx);
 };
 
 // ---------------------------------------------------------------------------------------

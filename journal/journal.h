@@ -234,6 +234,9 @@ class TransactionManager {
   Status commit_until(uint64_t seq);
   uint64_t last_committed() const;
   size_t cached_buffers() const;
+  // Blocks changed (or revoked) by the running transaction so far: callers commit before
+  // a transaction outgrows the log.
+  size_t running_changes() const;
 
  private:
   friend class Handle;

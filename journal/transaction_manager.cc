@@ -184,6 +184,11 @@ uint64_t TransactionManager::last_committed() const {
   return last_committed_;
 }
 
+size_t TransactionManager::running_changes() const {
+  std::lock_guard lock(mu_);
+  return changes_.size();
+}
+
 size_t TransactionManager::cached_buffers() const {
   std::lock_guard lock(mu_);
   return cache_.size();

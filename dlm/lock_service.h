@@ -1,0 +1,94 @@
+// dlm/lock_service.h — the lock interface the file system takes every metadata lock
+// through (DESIGN.md §4).
+//
+// A lock names a resource (an inode, an allocation group, the rename lock, ...) and a mode:
+// NL (held for nothing but the name), PR (shared: may read and cache), EX (may change).
+// PR is compatible with PR; EX with nothing but NL. Callers take several locks in the
+// fixed global order of docs/locking.md; nothing detects deadlocks.
+//
+// Single node, the LocalLockService serves these locks inside the process. The cluster's
+// DLM (issue "dlm") implements the same interface and adds blocking callbacks: before a
+// cached lock is given up the holder writes back and drops what the lock covers.
+//
+// Thread-safety: all methods may be called from any thread. A Lock is a move-only RAII
+// guard; destroying it releases the lock.
+#pragma once
+
+#include <compare>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "common/status.h"
+
+namespace sharedfs::dlm {
+
+enum class LockMode : uint8_t { kNL = 0, kPR = 1, kEX = 2 };
+std::string_view lock_mode_name(LockMode mode);
+// Whether `a` held by one owner lets another owner hold `b`.
+bool compatible(LockMode a, LockMode b);
+
+// What a lock covers. The order of the enumerators is part of the global lock order
+// (docs/locking.md): a thread holding a lock of one space takes only locks of later spaces,
+// and within one space (inodes) ascending ids unless a documented rule says otherwise.
+enum class LockSpace : uint8_t {
+  kRename = 0,      // id 0: directory renames that move a directory (one cluster-wide)
+  kInode = 1,       // id: inode number. Covers the inode, its mapping, its entries, xattrs
+  kOrphanList = 2,  // id: slot. Covers the slot's orphan-list block and chain links
+  kAllocGroup = 3,  // id: AG index. Covers the AG header and bitmap
+  kSlotTable = 4,   // id 0: the slot table
+};
+std::string_view lock_space_name(LockSpace space);
+
+struct LockName {
+  LockSpace space = LockSpace::kInode;
+  uint64_t id = 0;
+  auto operator<=>(const LockName&) const = default;
+  std::string to_string() const;
+};
+
+class LockService;
+
+class Lock {
+ public:
+  Lock() = default;
+  Lock(Lock&& other) noexcept;
+  Lock& operator=(Lock&& other) noexcept;
+  Lock(const Lock&) = delete;
+  Lock& operator=(const Lock&) = delete;
+  ~Lock() { reset(); }
+
+  bool held() const { return service_ != nullptr; }
+  const LockName& name() const { return name_; }
+  LockMode mode() const { return mode_; }
+  // Releases now (the destructor does the same).
+  void reset();
+
+ private:
+  friend class LockService;
+  Lock(LockService* service, LockName name, LockMode mode)
+      : service_(service), name_(name), mode_(mode) {}
+  LockService* service_ = nullptr;
+  LockName name_;
+  LockMode mode_ = LockMode::kNL;
+};
+
+class LockService {
+ public:
+  virtual ~LockService() = default;
+  // Waits until `name` can be held in `mode` and returns the guard. Fails only when the
+  // node can no longer take locks (withdrawn, shut down).
+  virtual Result<Lock> lock(LockName name, LockMode mode) = 0;
+
+ protected:
+  Lock make_lock(LockName name, LockMode mode) { return Lock(this, name, mode); }
+
+ private:
+  friend class Lock;
+  virtual void unlock(const LockName& name, LockMode mode) = 0;
+};
+
+// Locks between the threads of one process: what a node mounted without a cluster uses.
+std::unique_ptr<LockService> make_local_lock_service();
+
+}  // namespace sharedfs::dlm

@@ -1,0 +1,613 @@
+// FileSystem: mount and unmount, inodes, attributes, orphans, statfs. Names are in
+// fs_names.cc, file data in fs_data.cc, xattrs and ACLs in fs_xattr.cc.
+#include <dirent.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "fs/directory.h"
+#include "fs/extent_tree.h"
+#include "fs/fs.h"
+#include "fs/fs_internal.h"
+
+namespace sharedfs::fs {
+
+using detail::posix_error;
+using format::Inode;
+
+namespace detail {
+
+uint64_t now_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return timespec_ns(ts);
+}
+
+uint64_t timespec_ns(const timespec& ts) {
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+format::FileType file_type_of(uint32_t mode) {
+  switch (mode & S_IFMT) {
+    case S_IFREG:
+      return format::FileType::kRegular;
+    case S_IFDIR:
+      return format::FileType::kDirectory;
+    case S_IFCHR:
+      return format::FileType::kCharDev;
+    case S_IFBLK:
+      return format::FileType::kBlockDev;
+    case S_IFIFO:
+      return format::FileType::kFifo;
+    case S_IFSOCK:
+      return format::FileType::kSocket;
+    case S_IFLNK:
+      return format::FileType::kSymlink;
+    default:
+      return format::FileType::kUnknown;
+  }
+}
+
+uint32_t dirent_type(format::FileType type) {
+  switch (type) {
+    case format::FileType::kRegular:
+      return DT_REG;
+    case format::FileType::kDirectory:
+      return DT_DIR;
+    case format::FileType::kCharDev:
+      return DT_CHR;
+    case format::FileType::kBlockDev:
+      return DT_BLK;
+    case format::FileType::kFifo:
+      return DT_FIFO;
+    case format::FileType::kSocket:
+      return DT_SOCK;
+    case format::FileType::kSymlink:
+      return DT_LNK;
+    case format::FileType::kUnknown:
+      break;
+  }
+  return DT_UNKNOWN;
+}
+
+Status check_name(std::string_view name) {
+  if (name.size() > format::kMaxNameLength) {
+    return posix_error(ENAMETOOLONG, fmt::format("name of {} bytes", name.size()));
+  }
+  if (name.empty() || name == "." || name == ".." ||
+      name.find_first_of(std::string_view("/\0", 2)) != std::string_view::npos) {
+    return posix_error(EINVAL, fmt::format("invalid name \"{}\"", name));
+  }
+  return Status::ok();
+}
+
+}  // namespace detail
+
+Result<format::Superblock> read_superblock(device::BlockDevice& dev) {
+  device::AlignedBuffer first(format::kMinBlockSize);
+  RETURN_IF_ERROR(dev.read(0, first.span()));
+  const uint32_t bs = format::sniff_block_size(first.span());
+  if (bs < format::kMinBlockSize || bs > format::kMaxBlockSize) {
+    return make_status(Code::kCorruption,
+                       "{} has no sharedfs superblock at block 0 (fsck.sharedfs can restore it "
+                       "from the backup)",
+                       dev.describe());
+  }
+  device::AlignedBuffer buf(bs);
+  RETURN_IF_ERROR(dev.read(0, buf.span()));
+  return format::Superblock::decode(buf.span(), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Mount and unmount
+
+FileSystem::FileSystem(device::BlockDevice& dev, const format::Superblock& sb, MountOptions opts)
+    : dev_(dev),
+      sb_(sb),
+      bs_(sb.geo.block_size),
+      tag_(sb.fs_tag()),
+      opts_(std::move(opts)),
+      locks_(opts_.locks ? opts_.locks : std::shared_ptr<dlm::LockService>(
+                                             dlm::make_local_lock_service())),
+      next_generation_(detail::now_ns()) {}
+
+Result<std::unique_ptr<FileSystem>> FileSystem::mount(device::BlockDevice& dev, MountOptions opts) {
+  ASSIGN_OR_RETURN(auto sb, read_superblock(dev));
+  if (opts.slot >= sb.geo.slots) {
+    return make_status(Code::kInvalidArgument, "slot {} does not exist (the device has {} slots)",
+                       opts.slot, sb.geo.slots);
+  }
+  if (dev.size_bytes() < sb.geo.total_blocks * sb.geo.block_size) {
+    return make_status(Code::kCorruption,
+                       "{} is {} bytes but its file system needs {} (wrong or truncated device)",
+                       dev.describe(), dev.size_bytes(), sb.geo.total_blocks * sb.geo.block_size);
+  }
+  std::unique_ptr<FileSystem> fs(new FileSystem(dev, sb, std::move(opts)));
+  RETURN_IF_ERROR(fs->start());
+  return fs;
+}
+
+Status FileSystem::start() {
+  const uint32_t slot = opts_.slot;
+  // Another live mount of this slot keeps bumping its heartbeat: watch it for a while.
+  if (opts_.check_live_slot) {
+    device::AlignedBuffer b(bs_);
+    const uint64_t hb = sb_.geo.heartbeat_blkno(slot);
+    RETURN_IF_ERROR(dev_.read(hb * bs_, b.span()));
+    auto before = format::Heartbeat::decode(b.span(), ctx(hb));
+    if (before && before->state == format::HeartbeatState::kMounted) {
+      const auto wait = std::chrono::milliseconds(
+          2 * std::max<uint32_t>(before->interval_ms, 100) + 200);
+      spdlog::info("slot {} was left mounted; watching its heartbeat for {} ms", slot,
+                   wait.count());
+      std::this_thread::sleep_for(wait);
+      RETURN_IF_ERROR(dev_.read(hb * bs_, b.span()));
+      auto after = format::Heartbeat::decode(b.span(), ctx(hb));
+      if (after && after->counter != before->counter) {
+        return make_status(Code::kBusy,
+                           "slot {} is in use by a live node (node id {}): its heartbeat advances",
+                           slot, after->node_id);
+      }
+    }
+  }
+  ASSIGN_OR_RETURN(auto replayed, journal::replay(dev_, sb_, slot));
+  if (replayed.transactions > 0) {
+    spdlog::info("slot {}: replayed {} transactions ({} blocks) left by a crash", slot,
+                 replayed.transactions, replayed.blocks_written);
+  }
+  ASSIGN_OR_RETURN(journal_, journal::Journal::open(dev_, sb_, slot));
+  journal::TransactionManagerOptions tmo;
+  tmo.max_clean_buffers = opts_.max_cached_blocks;
+  tm_ = std::make_unique<journal::TransactionManager>(dev_, *journal_, bs_, tmo);
+  ASSIGN_OR_RETURN(alloc_, allocator::Allocator::open(*tm_, sb_, slot));
+  RETURN_IF_ERROR(claim_slot());
+  RETURN_IF_ERROR(free_orphans_at_mount());
+  RETURN_IF_ERROR(tm_->commit().status());
+  RETURN_IF_ERROR(write_heartbeat(format::HeartbeatState::kMounted));
+  mounted_ = true;
+  bg_thread_ = std::thread([this] { background_loop(); });
+  return Status::ok();
+}
+
+Status FileSystem::claim_slot() {
+  ASSIGN_OR_RETURN(auto lock, locks_->lock({dlm::LockSpace::kSlotTable, 0}, dlm::LockMode::kEX));
+  const uint64_t blk = sb_.geo.slot_table_blkno;
+  ASSIGN_OR_RETURN(auto buf, tm_->read(blk));
+  ASSIGN_OR_RETURN(auto table, format::SlotTable::decode(buf->data(), ctx(blk)));
+  auto& e = table.slots.at(opts_.slot);
+  mount_generation_ = e.mount_generation + 1;
+  e.state = format::SlotState::kInUse;
+  e.node_id = opts_.node_id;
+  e.mount_generation = mount_generation_;
+  e.mounted_ns = detail::now_ns();
+  auto h = tm_->begin();
+  ++table.seq;
+  table.encode(buf->data(), ctx(blk));
+  h.dirty(buf);
+  return Status::ok();
+}
+
+Status FileSystem::release_slot() {
+  ASSIGN_OR_RETURN(auto lock, locks_->lock({dlm::LockSpace::kSlotTable, 0}, dlm::LockMode::kEX));
+  const uint64_t blk = sb_.geo.slot_table_blkno;
+  ASSIGN_OR_RETURN(auto buf, tm_->read(blk));
+  ASSIGN_OR_RETURN(auto table, format::SlotTable::decode(buf->data(), ctx(blk)));
+  auto& e = table.slots.at(opts_.slot);
+  e.state = format::SlotState::kFree;
+  auto h = tm_->begin();
+  ++table.seq;
+  table.encode(buf->data(), ctx(blk));
+  h.dirty(buf);
+  return Status::ok();
+}
+
+Status FileSystem::write_heartbeat(format::HeartbeatState state) {
+  format::Heartbeat hb;
+  hb.slot = opts_.slot;
+  hb.node_id = opts_.node_id;
+  hb.counter = ++heartbeat_counter_;
+  hb.seq = hb.counter;
+  hb.timestamp_ns = detail::now_ns();
+  hb.mount_generation = mount_generation_;
+  hb.state = state;
+  hb.interval_ms = static_cast<uint32_t>(opts_.heartbeat_interval.count());
+  device::AlignedBuffer b(bs_);
+  const uint64_t blk = sb_.geo.heartbeat_blkno(opts_.slot);
+  hb.encode(b.span(), ctx(blk));
+  return dev_.write(blk * bs_, b.span());
+}
+
+void FileSystem::background_loop() {
+  auto next_commit = std::chrono::steady_clock::now() + opts_.commit_interval;
+  auto next_beat = std::chrono::steady_clock::now() + opts_.heartbeat_interval;
+  std::unique_lock lock(bg_mu_);
+  while (!bg_stop_) {
+    bg_cv_.wait_until(lock, std::min(next_commit, next_beat), [&] { return bg_stop_; });
+    if (bg_stop_) break;
+    lock.unlock();
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= next_commit) {
+      if (auto st = tm_->commit(); !st) spdlog::error("periodic commit: {}", st.status().to_string());
+      next_commit = now + opts_.commit_interval;
+    }
+    if (now >= next_beat) {
+      if (auto st = write_heartbeat(format::HeartbeatState::kMounted); !st) {
+        spdlog::error("heartbeat: {}", st.to_string());
+      }
+      next_beat = now + opts_.heartbeat_interval;
+    }
+    lock.lock();
+  }
+}
+
+Status FileSystem::maybe_commit() {
+  // Leave room: one operation may add a few hundred blocks (a directory split, a large
+  // truncate) on top of what is already running.
+  if (tm_->running_changes() > journal_->log_capacity() / 4) return tm_->commit().status();
+  return Status::ok();
+}
+
+Status FileSystem::unmount() {
+  if (!mounted_) return Status::ok();
+  mounted_ = false;
+  {
+    std::lock_guard lock(bg_mu_);
+    bg_stop_ = true;
+  }
+  bg_cv_.notify_all();
+  if (bg_thread_.joinable()) bg_thread_.join();
+  // Whatever the kernel still references is forgotten now: unlinked ones are freed.
+  std::vector<Ino> known;
+  {
+    std::lock_guard lock(lookups_mu_);
+    for (const auto& [ino, n] : lookups_) known.push_back(ino);
+    lookups_.clear();
+  }
+  for (Ino ino : known) RETURN_IF_ERROR(evict(ino));
+  RETURN_IF_ERROR(release_slot());
+  RETURN_IF_ERROR(tm_->commit().status());
+  RETURN_IF_ERROR(journal_->close());
+  RETURN_IF_ERROR(write_heartbeat(format::HeartbeatState::kIdle));
+  return dev_.flush();
+}
+
+void FileSystem::abandon() {
+  mounted_ = false;
+  {
+    std::lock_guard lock(bg_mu_);
+    bg_stop_ = true;
+  }
+  bg_cv_.notify_all();
+  if (bg_thread_.joinable()) bg_thread_.join();
+}
+
+FileSystem::~FileSystem() {
+  if (mounted_) {
+    if (auto st = unmount(); !st) spdlog::error("unmount: {}", st.to_string());
+  }
+  if (bg_thread_.joinable()) {
+    {
+      std::lock_guard lock(bg_mu_);
+      bg_stop_ = true;
+    }
+    bg_cv_.notify_all();
+    bg_thread_.join();
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Inodes
+
+Result<dlm::Lock> FileSystem::lock_inode(Ino ino, dlm::LockMode mode) {
+  return locks_->lock({dlm::LockSpace::kInode, ino}, mode);
+}
+
+Result<FileSystem::InodeRef> FileSystem::load(Ino ino) {
+  if (!sb_.geo.ag_of(ino)) return posix_error(ESTALE, fmt::format("no inode {}", ino));
+  InodeRef ref;
+  ref.ino = ino;
+  ASSIGN_OR_RETURN(ref.buf, tm_->read(ino));
+  auto inode = Inode::decode(ref.buf->data(), ctx(ino));
+  if (!inode) {
+    // A freed and reused block, or damage: either way not an inode we can serve.
+    return Status(Code::kCorruption, inode.status().message(), ESTALE);
+  }
+  ref.inode = std::move(*inode);
+  return ref;
+}
+
+void FileSystem::store(journal::Handle& h, InodeRef& ref) {
+  if (ref.inode.flags & Inode::kOrphan) {
+    std::lock_guard lock(orphan_mu_);
+    store_orphan_locked(h, ref);
+    return;
+  }
+  ++ref.inode.seq;
+  ref.inode.encode(ref.buf->data(), ctx(ref.ino));
+  h.dirty(ref.buf);
+}
+
+// An orphan's chain link comes from the in-memory chain, whatever the caller decoded.
+void FileSystem::store_orphan_locked(journal::Handle& h, InodeRef& ref) {
+  auto it = orphan_next_.find(ref.ino);
+  SHAREDFS_CHECK(it != orphan_next_.end(), "orphan missing from the in-memory chain");
+  ref.inode.next_orphan = it->second;
+  ++ref.inode.seq;
+  ref.inode.encode(ref.buf->data(), ctx(ref.ino));
+  h.dirty(ref.buf);
+}
+
+Attr FileSystem::make_attr(Ino ino, const Inode& inode) const {
+  Attr a;
+  a.ino = ino;
+  a.generation = inode.generation;
+  auto& st = a.st;
+  st.st_ino = ino;
+  st.st_mode = inode.mode;
+  st.st_nlink = inode.nlink;
+  st.st_uid = inode.uid;
+  st.st_gid = inode.gid;
+  st.st_rdev = inode.rdev;
+  st.st_size = static_cast<off_t>(inode.size);
+  st.st_blksize = bs_;
+  st.st_blocks = static_cast<blkcnt_t>(inode.blocks * (bs_ / 512));
+  auto ts = [](uint64_t ns) {
+    return timespec{static_cast<time_t>(ns / 1'000'000'000ull),
+                    static_cast<long>(ns % 1'000'000'000ull)};
+  };
+  st.st_atim = ts(inode.atime_ns);
+  st.st_mtim = ts(inode.mtime_ns);
+  st.st_ctim = ts(inode.ctime_ns);
+  return a;
+}
+
+Result<Attr> FileSystem::getattr(Ino ino) {
+  ASSIGN_OR_RETURN(auto lock, lock_inode(ino, dlm::LockMode::kPR));
+  ASSIGN_OR_RETURN(auto ref, load(ino));
+  return make_attr(ino, ref.inode);
+}
+
+Result<Attr> FileSystem::setattr(Ino ino, const SetAttr& c, const Caller& caller) {
+  Attr out;
+  {
+    ASSIGN_OR_RETURN(auto lock, lock_inode(ino, dlm::LockMode::kEX));
+    ASSIGN_OR_RETURN(auto ref, load(ino));
+    Inode& n = ref.inode;
+    if (c.size && !ref.is_reg()) {
+      return posix_error(ref.is_dir() ? EISDIR : EINVAL, "truncate of a non-regular file");
+    }
+    const uint64_t now = detail::now_ns();
+    auto h = tm_->begin();
+    if (c.size && *c.size != n.size) {
+      if (*c.size < n.size) {
+        RETURN_IF_ERROR(truncate_blocks(h, ref, *c.size));
+      } else if (n.size % bs_ != 0) {
+        // Bytes past the old end in its last block may hold old data: zero them.
+        RETURN_IF_ERROR(zero_range_on_device(ref, n.size, bs_ - n.size % bs_));
+      }
+      n.size = *c.size;
+      n.mtime_ns = now;
+    }
+    if (c.mode) n.mode = (n.mode & S_IFMT) | (*c.mode & 07777);
+    if (c.uid || c.gid) {
+      // chown clears set-id bits of non-directories (the kernel already decided it is allowed).
+      if (!ref.is_dir() && ((c.uid && *c.uid != n.uid) || (c.gid && *c.gid != n.gid) ||
+                            caller.uid != 0)) {
+        if (n.mode & S_IXGRP) n.mode &= ~static_cast<uint32_t>(S_ISGID);
+        n.mode &= ~static_cast<uint32_t>(S_ISUID);
+      }
+      if (c.uid) n.uid = *c.uid;
+      if (c.gid) n.gid = *c.gid;
+    }
+    auto pick = [&](const std::optional<timespec>& t) {
+      return t->tv_nsec == UTIME_NOW ? now : detail::timespec_ns(*t);
+    };
+    if (c.atime) n.atime_ns = pick(c.atime);
+    if (c.mtime) n.mtime_ns = pick(c.mtime);
+    n.ctime_ns = c.ctime ? pick(c.ctime) : now;
+    if (c.mode) {
+      // Keep an access ACL's group-class entry in step with the new mode.
+      RETURN_IF_ERROR(sync_acl_with_mode(h, ref));
+    }
+    store(h, ref);
+    out = make_attr(ino, n);
+  }
+  RETURN_IF_ERROR(maybe_commit());
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Lookup counts, orphans and freeing
+
+uint64_t FileSystem::lookup_count(Ino ino) const {
+  std::lock_guard lock(lookups_mu_);
+  auto it = lookups_.find(ino);
+  return it == lookups_.end() ? 0 : it->second;
+}
+
+void FileSystem::remember(Ino ino) {
+  std::lock_guard lock(lookups_mu_);
+  ++lookups_[ino];
+}
+
+void FileSystem::forget(Ino ino, uint64_t nlookup) {
+  {
+    std::lock_guard lock(lookups_mu_);
+    auto it = lookups_.find(ino);
+    if (it == lookups_.end()) return;
+    if (it->second > nlookup) {
+      it->second -= nlookup;
+      return;
+    }
+    lookups_.erase(it);
+  }
+  if (auto st = evict(ino); !st) spdlog::error("freeing inode {}: {}", ino, st.to_string());
+  if (auto st = maybe_commit(); !st) spdlog::error("commit: {}", st.to_string());
+}
+
+// Frees `ino` if it is an orphan nobody references any more.
+Status FileSystem::evict(Ino ino) {
+  if (ino == root()) return Status::ok();
+  ASSIGN_OR_RETURN(auto lock, lock_inode(ino, dlm::LockMode::kEX));
+  if (lookup_count(ino) != 0) return Status::ok();  // looked up again meanwhile
+  auto ref = load(ino);
+  if (!ref) return Status::ok();  // freed already
+  if (ref->inode.nlink != 0 || !(ref->inode.flags & Inode::kOrphan)) return Status::ok();
+  auto h = tm_->begin();
+  RETURN_IF_ERROR(orphan_remove(h, *ref));
+  RETURN_IF_ERROR(free_inode_blocks(h, *ref));
+  return alloc_->free_inode(h, ino);
+}
+
+Status FileSystem::drop_inode(journal::Handle& h, InodeRef& ref) {
+  SHAREDFS_CHECK(ref.inode.nlink == 0, "dropping a linked inode");
+  if (lookup_count(ref.ino) == 0) {
+    RETURN_IF_ERROR(free_inode_blocks(h, ref));
+    return alloc_->free_inode(h, ref.ino);
+  }
+  return orphan_add(h, ref);
+}
+
+Status FileSystem::free_inode_blocks(journal::Handle& h, InodeRef& ref) {
+  Inode& n = ref.inode;
+  if (ref.is_dir()) {
+    Directory d(*tm_, *alloc_, sb_, ref.ino, n);
+    RETURN_IF_ERROR(d.release_blocks(h));
+  } else if (!(n.flags & Inode::kInlineData)) {
+    ExtentTree t(*tm_, *alloc_, sb_, ref.ino, n);
+    ASSIGN_OR_RETURN(auto ranges, t.remove(h, 0, UINT64_MAX));
+    for (const auto& r : ranges) {
+      RETURN_IF_ERROR(alloc_->free(h, r, /*metadata=*/false));
+      n.blocks -= r.count;
+    }
+  }
+  if (n.xattr_block != 0) {
+    RETURN_IF_ERROR(alloc_->free(h, {n.xattr_block, 1}, /*metadata=*/true));
+    n.xattr_block = 0;
+  }
+  return Status::ok();
+}
+
+// The slot's orphan chain: OrphanList::head -> Inode::next_orphan -> ... The links live in
+// the inode blocks, but they are covered by the orphan-list lock, not by the inodes' own
+// locks: an inode marked kOrphan is encoded only under that lock (store_orphan), with its
+// link taken from the in-memory chain, so two threads never write one block's link.
+Status FileSystem::orphan_add(journal::Handle& h, InodeRef& ref) {
+  ASSIGN_OR_RETURN(auto lock, locks_->lock({dlm::LockSpace::kOrphanList, opts_.slot},
+                                           dlm::LockMode::kEX));
+  const uint64_t blk = sb_.geo.orphan_blkno(opts_.slot);
+  ASSIGN_OR_RETURN(auto buf, tm_->read(blk));
+  ASSIGN_OR_RETURN(auto list, format::OrphanList::decode(buf->data(), ctx(blk)));
+  std::lock_guard mu(orphan_mu_);
+  const Ino old_head = list.head;
+  ref.inode.flags |= Inode::kOrphan;
+  orphan_next_[ref.ino] = old_head;
+  orphan_prev_[ref.ino] = 0;
+  if (old_head != 0) orphan_prev_[old_head] = ref.ino;
+  list.head = ref.ino;
+  ++list.count;
+  ++list.seq;
+  list.encode(buf->data(), ctx(blk));
+  h.dirty(buf);
+  store_orphan_locked(h, ref);
+  return Status::ok();
+}
+
+Status FileSystem::orphan_remove(journal::Handle& h, InodeRef& ref) {
+  ASSIGN_OR_RETURN(auto lock, locks_->lock({dlm::LockSpace::kOrphanList, opts_.slot},
+                                           dlm::LockMode::kEX));
+  const uint64_t blk = sb_.geo.orphan_blkno(opts_.slot);
+  ASSIGN_OR_RETURN(auto buf, tm_->read(blk));
+  ASSIGN_OR_RETURN(auto list, format::OrphanList::decode(buf->data(), ctx(blk)));
+  std::lock_guard mu(orphan_mu_);
+  auto pit = orphan_prev_.find(ref.ino);
+  SHAREDFS_CHECK(pit != orphan_prev_.end(), "orphan missing from the in-memory chain");
+  const Ino prev = pit->second;
+  const Ino next = orphan_next_.at(ref.ino);
+  if (prev == 0) {
+    list.head = next;
+  } else {
+    // The previous orphan's block is re-read under orphan_mu_, which every encode of an
+    // orphan holds, so this changes its link and nothing else.
+    orphan_next_[prev] = next;
+    ASSIGN_OR_RETURN(auto prev_ref, load(prev));
+    store_orphan_locked(h, prev_ref);
+  }
+  if (next != 0) orphan_prev_[next] = prev;
+  orphan_prev_.erase(pit);
+  orphan_next_.erase(ref.ino);
+  --list.count;
+  ++list.seq;
+  list.encode(buf->data(), ctx(blk));
+  h.dirty(buf);
+  ref.inode.flags &= ~Inode::kOrphan;
+  ref.inode.next_orphan = 0;
+  return Status::ok();
+}
+
+Status FileSystem::free_orphans_at_mount() {
+  const uint64_t blk = sb_.geo.orphan_blkno(opts_.slot);
+  for (;;) {
+    ASSIGN_OR_RETURN(auto buf, tm_->read(blk));
+    ASSIGN_OR_RETURN(auto list, format::OrphanList::decode(buf->data(), ctx(blk)));
+    if (list.head == 0) {
+      if (list.count != 0) {
+        list.count = 0;
+        ++list.seq;
+        auto h = tm_->begin();
+        list.encode(buf->data(), ctx(blk));
+        h.dirty(buf);
+      }
+      return Status::ok();
+    }
+    // One orphan per step, unlinked from the list in the same transaction that frees it:
+    // a crash in the middle leaves a list of inodes that all still exist.
+    const Ino ino = list.head;
+    ASSIGN_OR_RETURN(auto ref, load(ino));
+    {
+      auto h = tm_->begin();
+      list.head = ref.inode.next_orphan;
+      list.count = list.count > 0 ? list.count - 1 : 0;
+      ++list.seq;
+      list.encode(buf->data(), ctx(blk));
+      h.dirty(buf);
+      ref.inode.flags &= ~Inode::kOrphan;
+      RETURN_IF_ERROR(free_inode_blocks(h, ref));
+      RETURN_IF_ERROR(alloc_->free_inode(h, ino));
+    }
+    ++orphans_freed_at_mount_;
+    RETURN_IF_ERROR(maybe_commit());
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// statfs and counters
+
+struct statvfs FileSystem::statfs() const {
+  const auto u = alloc_->usage();
+  struct statvfs s {};
+  s.f_bsize = bs_;
+  s.f_frsize = bs_;
+  s.f_blocks = u.total_blocks;
+  s.f_bfree = u.free_blocks;
+  s.f_bavail = u.free_blocks;
+  s.f_files = u.inodes + u.free_blocks;  // every free block can become an inode
+  s.f_ffree = u.free_blocks;
+  s.f_favail = u.free_blocks;
+  s.f_fsid = sb_.fs_tag();
+  s.f_namemax = format::kMaxNameLength;
+  return s;
+}
+
+FsStats FileSystem::stats() const {
+  FsStats s;
+  s.commits = journal_->stats().commits;
+  s.data_bytes_written = data_written_.load();
+  s.data_bytes_read = data_read_.load();
+  s.orphans_freed_at_mount = orphans_freed_at_mount_;
+  return s;
+}
+
+}  // namespace sharedfs::fs

@@ -1,0 +1,268 @@
+// fs/ — the file system (DESIGN.md §3–§5): inodes, files, directories, transactions.
+//
+// FileSystem is usable without a mount: fs/fuse/ is only a thin translation of FUSE
+// low-level requests into these calls, and the unit tests call them directly. Inodes are
+// named by their inode number (= the block holding the inode). Errors are Status values
+// whose to_errno() is the POSIX error for the caller (ENOENT, EEXIST, ENOTEMPTY, ENOSPC...).
+//
+// Locking (docs/locking.md): every metadata read or change is done under a lock of the
+// LockService — the inode lock (PR to read, EX to change) covers the inode, its extent
+// tree, its directory entries and its xattrs; the allocator's AG locks cover bitmaps; the
+// rename lock serialises renames that move directories; the orphan-list lock covers the
+// slot's orphan chain. Order: rename lock, then parent directories (ascending inode
+// number), then the other inodes (ascending), then orphan list, then AGs.
+//
+// Durability: changes join the running journal transaction; it commits every
+// `commit_interval` (like ext4's 5 s), when it grows large, on fsync/fdatasync/sync and at
+// unmount. File data is written to the device directly (O_DIRECT) before the transaction
+// that maps it commits (ordered data).
+//
+// Lifetime of inodes: an inode whose link count drops to 0 while the kernel still knows it
+// (lookup count above 0, which covers open files) goes on this slot's orphan list and is
+// freed by forget() when the count reaches 0; mount frees whatever a crash left there.
+//
+// Thread-safety: every method may be called concurrently from any thread.
+#pragma once
+
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "allocator/allocator.h"
+#include "common/status.h"
+#include "device/device.h"
+#include "dlm/lock_service.h"
+#include "format/format.h"
+#include "journal/journal.h"
+
+namespace sharedfs::fs {
+
+using Ino = uint64_t;
+
+struct MountOptions {
+  uint32_t slot = 0;     // this node's journal/orphan slot
+  uint32_t node_id = 1;  // recorded in the slot table and heartbeat
+  std::chrono::milliseconds commit_interval{5000};
+  std::chrono::milliseconds heartbeat_interval{1000};
+  // Refuse a slot whose heartbeat still advances (another live mount) after watching it
+  // this long; 0 skips the check (tests that know they are alone).
+  bool check_live_slot = true;
+  size_t max_cached_blocks = 65536;
+  // Lock service; null: a local in-process one.
+  std::shared_ptr<dlm::LockService> locks;
+};
+
+// The identity a request runs as (from the FUSE request context).
+struct Caller {
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  uint32_t umask = 0;  // applied to new inodes' modes unless a default ACL applies
+};
+
+struct Attr {
+  Ino ino = 0;
+  uint64_t generation = 0;
+  struct stat st {};
+};
+
+// Which fields of SetAttr apply.
+struct SetAttr {
+  std::optional<uint32_t> mode;  // permission bits (and S_ISUID/S_ISGID/S_ISVTX)
+  std::optional<uint32_t> uid;
+  std::optional<uint32_t> gid;
+  std::optional<uint64_t> size;
+  std::optional<timespec> atime;  // tv_nsec == UTIME_NOW: now
+  std::optional<timespec> mtime;
+  std::optional<timespec> ctime;
+};
+
+struct DirListEntry {
+  uint64_t cookie = 0;  // pass back to readdir to continue after this entry
+  Ino ino = 0;
+  uint32_t type = 0;  // DT_* value
+  std::string name;
+};
+
+struct FsStats {
+  uint64_t commits = 0;
+  uint64_t data_bytes_written = 0;
+  uint64_t data_bytes_read = 0;
+  uint64_t orphans_freed_at_mount = 0;
+};
+
+class FileSystem {
+ public:
+  // Mounts `dev` (which must outlive the FileSystem): reads and checks the superblock,
+  // replays the slot's journal if a crash left it dirty, claims the slot, frees orphans.
+  static Result<std::unique_ptr<FileSystem>> mount(device::BlockDevice& dev, MountOptions opts);
+  // Unmounts cleanly if unmount() was not called (errors are only logged then).
+  ~FileSystem();
+  FileSystem(const FileSystem&) = delete;
+  FileSystem& operator=(const FileSystem&) = delete;
+
+  // Commits, checkpoints, marks the journal clean and releases the slot.
+  Status unmount();
+  // What a crash looks like to the device: stops background work and writes nothing more;
+  // the object can only be destroyed afterwards. For tests.
+  void abandon();
+
+  Ino root() const { return sb_.root_inode; }
+  const format::Superblock& superblock() const { return sb_; }
+  uint32_t block_size() const { return bs_; }
+
+  // --- names ---------------------------------------------------------------------------
+  // Each call that returns an Attr of an inode by name (lookup, create, mkdir, mknod,
+  // symlink, link) adds one to its lookup count; forget() takes them back.
+  Result<Attr> lookup(Ino parent, std::string_view name);
+  void forget(Ino ino, uint64_t nlookup);
+  Result<Attr> getattr(Ino ino);
+  Result<Attr> setattr(Ino ino, const SetAttr& changes, const Caller& caller);
+
+  Result<Attr> mknod(Ino parent, std::string_view name, uint32_t mode, uint32_t rdev,
+                     const Caller& caller);
+  Result<Attr> mkdir(Ino parent, std::string_view name, uint32_t mode, const Caller& caller);
+  Result<Attr> symlink(Ino parent, std::string_view name, std::string_view target,
+                       const Caller& caller);
+  Result<std::string> readlink(Ino ino);
+  Result<Attr> link(Ino ino, Ino new_parent, std::string_view new_name);
+  Status unlink(Ino parent, std::string_view name);
+  Status rmdir(Ino parent, std::string_view name);
+  // flags: 0, RENAME_NOREPLACE or RENAME_EXCHANGE.
+  Status rename(Ino parent, std::string_view name, Ino new_parent, std::string_view new_name,
+                unsigned flags);
+  // Entries after `cookie` (0: from the start; "." and ".." come first) until `max` or the
+  // end. Cookies stay valid while the directory changes.
+  Result<std::vector<DirListEntry>> readdir(Ino dir, uint64_t cookie, size_t max);
+
+  // --- data ----------------------------------------------------------------------------
+  // Reads up to `size` bytes at `offset` (short at end of file).
+  Result<std::vector<std::byte>> read(Ino ino, uint64_t offset, size_t size);
+  // Reads into `out`; returns the bytes read (short at end of file).
+  Result<size_t> read_into(Ino ino, uint64_t offset, std::span<std::byte> out);
+  Result<size_t> write(Ino ino, uint64_t offset, std::span<const std::byte> data);
+  // fsync: commits the transactions that changed the inode (and its data: data is written
+  // through) and flushes the device.
+  Status fsync(Ino ino, bool datasync);
+  // Every change so far made durable.
+  Status sync();
+  // mode: 0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE,
+  // FALLOC_FL_ZERO_RANGE (|KEEP_SIZE). Others: EOPNOTSUPP.
+  Status fallocate(Ino ino, int mode, uint64_t offset, uint64_t length);
+  // SEEK_DATA / SEEK_HOLE from `offset`; ENXIO past the end.
+  Result<uint64_t> lseek(Ino ino, uint64_t offset, int whence);
+
+  // --- xattrs --------------------------------------------------------------------------
+  Result<std::vector<uint8_t>> getxattr(Ino ino, std::string_view name);
+  // flags: 0, XATTR_CREATE, XATTR_REPLACE.
+  Status setxattr(Ino ino, std::string_view name, std::span<const uint8_t> value, int flags);
+  // Names, each followed by a NUL, as listxattr(2) returns them.
+  Result<std::string> listxattr(Ino ino);
+  Status removexattr(Ino ino, std::string_view name);
+
+  struct statvfs statfs() const;
+  FsStats stats() const;
+  // The inode numbers the kernel may still name (lookup count above 0): for tests.
+  uint64_t lookup_count(Ino ino) const;
+
+ private:
+  struct InodeRef;
+  class Txn;
+
+  FileSystem(device::BlockDevice& dev, const format::Superblock& sb, MountOptions opts);
+  Status start();
+  Status claim_slot();
+  Status release_slot();
+  Status free_orphans_at_mount();
+  void background_loop();
+  Status write_heartbeat(format::HeartbeatState state);
+  Status maybe_commit();
+
+  // Inode block I/O under a lock the caller holds.
+  Result<InodeRef> load(Ino ino);
+  void store(journal::Handle& h, InodeRef& ref);
+  void store_orphan_locked(journal::Handle& h, InodeRef& ref);
+  // One more reference the kernel holds on `ino` (see forget()).
+  void remember(Ino ino);
+  format::BlockContext ctx(uint64_t blkno) const { return {blkno, tag_}; }
+
+  Result<dlm::Lock> lock_inode(Ino ino, dlm::LockMode mode);
+  Attr make_attr(Ino ino, const format::Inode& inode) const;
+  Result<Attr> create_node(Ino parent, std::string_view name, uint32_t mode, uint32_t rdev,
+                           std::string_view symlink_target, const Caller& caller);
+  Status remove_entry(Ino parent, std::string_view name, bool want_dir);
+  // After the link count of `ref` dropped to 0 (under its EX lock, in handle h): free it
+  // now if the kernel does not know it, else put it on the orphan list.
+  Status drop_inode(journal::Handle& h, InodeRef& ref);
+  Status free_inode_blocks(journal::Handle& h, InodeRef& ref);
+  Status orphan_add(journal::Handle& h, InodeRef& ref);
+  Status orphan_remove(journal::Handle& h, InodeRef& ref);
+  Status evict(Ino ino);
+  Result<bool> is_ancestor(Ino maybe_ancestor, Ino dir);
+
+  Status truncate_blocks(journal::Handle& h, InodeRef& ref, uint64_t new_size);
+  Status zero_range_on_device(InodeRef& ref, uint64_t offset, uint64_t length);
+  Status punch(journal::Handle& h, InodeRef& ref, uint64_t offset, uint64_t length);
+  Status preallocate(journal::Handle& h, InodeRef& ref, uint64_t first_block, uint64_t end_block);
+
+  Result<format::XattrBlock> load_xattrs(const format::Inode& inode, Ino ino);
+  Status store_xattrs(journal::Handle& h, InodeRef& ref, format::XattrBlock& xb);
+  // New inode `child` in `parent`: applies the parent's default ACL (or the umask) to
+  // child.inode.mode and gives the child its ACLs. Call before the child is stored.
+  Status inherit_acls(journal::Handle& h, const InodeRef& parent, InodeRef& child,
+                      const Caller& caller);
+  // After a chmod: the access ACL's owner, group-class and other entries follow the mode.
+  Status sync_acl_with_mode(journal::Handle& h, InodeRef& ref);
+
+  device::BlockDevice& dev_;
+  const format::Superblock sb_;
+  const uint32_t bs_;
+  const uint32_t tag_;
+  MountOptions opts_;
+  std::shared_ptr<dlm::LockService> locks_;
+  std::unique_ptr<journal::Journal> journal_;
+  std::unique_ptr<journal::TransactionManager> tm_;
+  std::unique_ptr<allocator::Allocator> alloc_;
+  bool mounted_ = false;
+
+  // Lookup counts the kernel holds (see forget()).
+  mutable std::mutex lookups_mu_;
+  std::unordered_map<Ino, uint64_t> lookups_;
+  // The orphan chain of our slot in memory: ino -> previous / next (0: none).
+  std::mutex orphan_mu_;
+  std::unordered_map<Ino, Ino> orphan_prev_;
+  std::unordered_map<Ino, Ino> orphan_next_;
+  std::atomic<uint64_t> next_generation_;
+
+  // Background commit and heartbeat.
+  std::mutex bg_mu_;
+  std::condition_variable bg_cv_;
+  bool bg_stop_ = false;
+  std::thread bg_thread_;
+  uint64_t heartbeat_counter_ = 0;
+  uint64_t mount_generation_ = 0;
+
+  std::atomic<uint64_t> data_written_{0};
+  std::atomic<uint64_t> data_read_{0};
+  uint64_t orphans_freed_at_mount_ = 0;
+};
+
+Result<format::Superblock> read_superblock(device::BlockDevice& dev);
+
+// "sharedfs mount" without a cluster: the POSIX error of a Status for FUSE replies.
+inline int errno_of(const Status& st) { return st.is_ok() ? 0 : st.to_errno(); }
+
+}  // namespace sharedfs::fs
