@@ -1,12 +1,14 @@
-// sharedfs: the operator's command. For now: read-only inspection of a device (debug) and
-// persistent-reservation administration (reservation). `mount` arrives with the file
-// system; `status`, `locks` and `top` with the cluster.
+// sharedfs: the operator's command: mount, read-only inspection of a device (debug) and
+// persistent-reservation administration (reservation). `status`, `locks` and `top` arrive
+// with the cluster.
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
 
 #include "device/device.h"
 #include "format/format.h"
+#include "fs/fs.h"
+#include "tools/mount_command.h"
 
 using namespace sharedfs;
 
@@ -17,20 +19,7 @@ int fail(const Status& st) {
   return 1;
 }
 
-Result<format::Superblock> read_superblock(device::BlockDevice& dev) {
-  device::AlignedBuffer first(format::kMinBlockSize);
-  RETURN_IF_ERROR(dev.read(0, first.span()));
-  const uint32_t bs = format::sniff_block_size(first.span());
-  if (bs < format::kMinBlockSize || bs > format::kMaxBlockSize) {
-    return make_status(Code::kCorruption,
-                       "{} has no sharedfs superblock at block 0 (fsck.sharedfs can restore it "
-                       "from the backup)",
-                       dev.describe());
-  }
-  device::AlignedBuffer buf(bs);
-  RETURN_IF_ERROR(dev.read(0, buf.span()));
-  return format::Superblock::decode(buf.span(), 0);
-}
+using fs::read_superblock;
 
 std::string age(uint64_t then_ns) {
   if (then_ns == 0) return "never";
@@ -135,15 +124,32 @@ int main(int argc, char** argv) {
       "  sharedfs reservation register disk.img --node 1 --cluster-id 0x2a\n"
       "  sharedfs reservation preempt --abort disk.img --node 1 --cluster-id 0x2a --victim-node 3");
 
+  int rc = 0;
   app.add_subcommand("version", "print the version")->callback([] {
     fmt::print("sharedfs {}\n", SHAREDFS_VERSION);
+  });
+
+  // --- mount
+  tools::MountArgs margs;
+  auto* mount = app.add_subcommand("mount", "mount a sharedfs device with FUSE");
+  mount->add_option("DEVICE", margs.device, "block device or image file")->required();
+  mount->add_option("MOUNTPOINT", margs.mountpoint, "directory to mount on")->required();
+  mount->add_flag("-f,--foreground", margs.foreground, "stay in the foreground");
+  mount->add_flag("-d,--debug", margs.debug, "log every FUSE request (implies -f)");
+  mount->add_option("-o", margs.options,
+                    "mount options: FUSE/kernel ones (ro, allow_other, ...) and "
+                    "no_writeback_cache, entry_timeout=S, attr_timeout=S, threads=N, commit=S");
+  mount->add_option("--node", margs.node, "node id (its journal slot is node - 1)")
+      ->default_val(1);
+  mount->callback([&] {
+    if (margs.debug) margs.foreground = true;
+    rc = tools::run_mount(margs);
   });
 
   // --- debug
   std::string dev_path;
   auto* debug = app.add_subcommand("debug", "read-only inspection of a device");
   debug->require_subcommand(1);
-  int rc = 0;
   auto open_ro = [&]() { return device::open_device(dev_path, {}, /*read_only=*/true); };
   for (auto [name, help, fn] :
        {std::tuple{"superblock", "the superblock and geometry", &debug_superblock},

@@ -1,0 +1,422 @@
+#define FUSE_USE_VERSION 314
+#include "fs/fuse/fuse_frontend.h"
+
+#include <fmt/format.h>
+#include <fuse3/fuse_lowlevel.h>
+#include <spdlog/spdlog.h>
+
+#include <csignal>
+#include <cstring>
+#include <functional>
+
+namespace sharedfs::fs::fuse {
+namespace {
+
+struct Context {
+  FileSystem* fs;
+  FuseOptions opts;
+};
+
+Context& ctx_of(fuse_req_t req) { return *static_cast<Context*>(fuse_req_userdata(req)); }
+FileSystem& fs_of(fuse_req_t req) { return *ctx_of(req).fs; }
+
+Ino to_fs(fuse_req_t req, fuse_ino_t ino) {
+  return ino == FUSE_ROOT_ID ? fs_of(req).root() : static_cast<Ino>(ino);
+}
+fuse_ino_t to_fuse(const FileSystem& fs, Ino ino) {
+  return ino == fs.root() ? FUSE_ROOT_ID : static_cast<fuse_ino_t>(ino);
+}
+
+Caller caller_of(fuse_req_t req) {
+  const fuse_ctx* c = fuse_req_ctx(req);
+  return Caller{c->uid, c->gid, c->umask};
+}
+
+void reply_status(fuse_req_t req, const Status& st) {
+  fuse_reply_err(req, st.is_ok() ? 0 : st.to_errno());
+}
+
+struct stat fuse_stat(fuse_req_t req, const Attr& a) {
+  struct stat st = a.st;
+  st.st_ino = to_fuse(fs_of(req), a.ino);
+  return st;
+}
+
+fuse_entry_param entry_of(fuse_req_t req, const Attr& a) {
+  const auto& o = ctx_of(req).opts;
+  fuse_entry_param e{};
+  e.ino = to_fuse(fs_of(req), a.ino);
+  e.generation = a.generation;
+  e.attr = fuse_stat(req, a);
+  e.attr_timeout = o.attr_timeout_s;
+  e.entry_timeout = o.entry_timeout_s;
+  return e;
+}
+
+void reply_entry(fuse_req_t req, const Result<Attr>& a) {
+  if (!a) return reply_status(req, a.status());
+  fuse_entry_param e = entry_of(req, *a);
+  if (fuse_reply_entry(req, &e) != 0) fs_of(req).forget(a->ino, 1);  // interrupted
+}
+
+void reply_attr(fuse_req_t req, const Result<Attr>& a) {
+  if (!a) return reply_status(req, a.status());
+  struct stat st = fuse_stat(req, *a);
+  fuse_reply_attr(req, &st, ctx_of(req).opts.attr_timeout_s);
+}
+
+// --- operations --------------------------------------------------------------------------
+
+void op_init(void* userdata, fuse_conn_info* conn) {
+  auto* c = static_cast<Context*>(userdata);
+  auto want = [&](unsigned cap) {
+    if (conn->capable & cap) conn->want |= cap;
+  };
+  want(FUSE_CAP_ASYNC_READ);
+  want(FUSE_CAP_ATOMIC_O_TRUNC);
+  want(FUSE_CAP_READDIRPLUS);
+  want(FUSE_CAP_READDIRPLUS_AUTO);
+  want(FUSE_CAP_PARALLEL_DIROPS);
+  want(FUSE_CAP_POSIX_ACL);  // the kernel enforces ACLs from our xattrs
+  want(FUSE_CAP_EXPORT_SUPPORT);
+  if (c->opts.writeback_cache) want(FUSE_CAP_WRITEBACK_CACHE);
+  conn->max_write = 1 << 20;
+  conn->max_readahead = std::max(conn->max_readahead, 1u << 20);
+  conn->time_gran = 1;
+}
+
+void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  auto a = fs_of(req).lookup(to_fs(req, parent), name);
+  if (!a && a.status().to_errno() == ENOENT) {
+    // A negative entry: the kernel may remember the name is absent.
+    fuse_entry_param e{};
+    e.entry_timeout = ctx_of(req).opts.entry_timeout_s;
+    fuse_reply_entry(req, &e);
+    return;
+  }
+  reply_entry(req, a);
+}
+
+void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
+  fs_of(req).forget(to_fs(req, ino), nlookup);
+  fuse_reply_none(req);
+}
+
+void op_forget_multi(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
+  for (size_t i = 0; i < count; ++i) fs_of(req).forget(to_fs(req, forgets[i].ino), forgets[i].nlookup);
+  fuse_reply_none(req);
+}
+
+void op_getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+  reply_attr(req, fs_of(req).getattr(to_fs(req, ino)));
+}
+
+void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info*) {
+  SetAttr c;
+  if (to_set & FUSE_SET_ATTR_MODE) c.mode = attr->st_mode;
+  if (to_set & FUSE_SET_ATTR_UID) c.uid = attr->st_uid;
+  if (to_set & FUSE_SET_ATTR_GID) c.gid = attr->st_gid;
+  if (to_set & FUSE_SET_ATTR_SIZE) c.size = static_cast<uint64_t>(attr->st_size);
+  if (to_set & FUSE_SET_ATTR_ATIME) c.atime = attr->st_atim;
+  if (to_set & FUSE_SET_ATTR_MTIME) c.mtime = attr->st_mtim;
+  if (to_set & FUSE_SET_ATTR_ATIME_NOW) c.atime = timespec{0, UTIME_NOW};
+  if (to_set & FUSE_SET_ATTR_MTIME_NOW) c.mtime = timespec{0, UTIME_NOW};
+  if (to_set & FUSE_SET_ATTR_CTIME) c.ctime = attr->st_ctim;
+  reply_attr(req, fs_of(req).setattr(to_fs(req, ino), c, caller_of(req)));
+}
+
+void op_readlink(fuse_req_t req, fuse_ino_t ino) {
+  auto t = fs_of(req).readlink(to_fs(req, ino));
+  if (!t) return reply_status(req, t.status());
+  fuse_reply_readlink(req, t->c_str());
+}
+
+void op_mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
+  reply_entry(req, fs_of(req).mknod(to_fs(req, parent), name, mode, static_cast<uint32_t>(rdev),
+                                    caller_of(req)));
+}
+
+void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+  reply_entry(req, fs_of(req).mkdir(to_fs(req, parent), name, mode, caller_of(req)));
+}
+
+void op_unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  reply_status(req, fs_of(req).unlink(to_fs(req, parent), name));
+}
+
+void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  reply_status(req, fs_of(req).rmdir(to_fs(req, parent), name));
+}
+
+void op_symlink(fuse_req_t req, const char* target, fuse_ino_t parent, const char* name) {
+  reply_entry(req, fs_of(req).symlink(to_fs(req, parent), name, target, caller_of(req)));
+}
+
+void op_rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+               const char* newname, unsigned int flags) {
+  reply_status(req, fs_of(req).rename(to_fs(req, parent), name, to_fs(req, newparent), newname,
+                                      flags));
+}
+
+void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* newname) {
+  reply_entry(req, fs_of(req).link(to_fs(req, ino), to_fs(req, newparent), newname));
+}
+
+void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (fi->flags & O_TRUNC) {
+    SetAttr c;
+    c.size = 0;
+    auto a = fs_of(req).setattr(to_fs(req, ino), c, caller_of(req));
+    if (!a) return reply_status(req, a.status());
+  }
+  // Nobody else changes the file behind this node's back while it holds its locks: the
+  // page cache stays valid across opens.
+  fi->keep_cache = 1;
+  fuse_reply_open(req, fi);
+}
+
+void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
+               fuse_file_info* fi) {
+  auto a = fs_of(req).mknod(to_fs(req, parent), name, (mode & 07777) | S_IFREG, 0,
+                            caller_of(req));
+  if (!a) return reply_status(req, a.status());
+  fi->keep_cache = 1;
+  fuse_entry_param e = entry_of(req, *a);
+  if (fuse_reply_create(req, &e, fi) != 0) fs_of(req).forget(a->ino, 1);
+}
+
+void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+  thread_local std::vector<std::byte> buf;
+  if (buf.size() < size) buf.resize(size);
+  auto n = fs_of(req).read_into(to_fs(req, ino), static_cast<uint64_t>(off),
+                                std::span<std::byte>(buf.data(), size));
+  if (!n) return reply_status(req, n.status());
+  fuse_reply_buf(req, reinterpret_cast<const char*>(buf.data()), *n);
+}
+
+void op_write(fuse_req_t req, fuse_ino_t ino, const char* data, size_t size, off_t off,
+              fuse_file_info*) {
+  auto n = fs_of(req).write(to_fs(req, ino), static_cast<uint64_t>(off),
+                            std::as_bytes(std::span<const char>(data, size)));
+  if (!n) return reply_status(req, n.status());
+  fuse_reply_write(req, *n);
+}
+
+void op_flush(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
+void op_release(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
+
+void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info*) {
+  reply_status(req, fs_of(req).fsync(to_fs(req, ino), datasync != 0));
+}
+
+void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  auto a = fs_of(req).getattr(to_fs(req, ino));
+  if (!a) return reply_status(req, a.status());
+  if (!S_ISDIR(a->st.st_mode)) {
+    fuse_reply_err(req, ENOTDIR);
+    return;
+  }
+  fi->cache_readdir = 1;
+  fi->keep_cache = 1;
+  fuse_reply_open(req, fi);
+}
+
+void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus) {
+  FileSystem& fs = fs_of(req);
+  const Ino dir = to_fs(req, ino);
+  std::vector<char> buf(size);
+  size_t used = 0;
+  uint64_t cookie = static_cast<uint64_t>(off);
+  // Entries are small: ask for about as many as could fit and stop at the first that does
+  // not (its cookie is not passed on, so the next call starts with it).
+  const size_t batch = std::max<size_t>(8, size / (plus ? 160 : 32));
+  for (;;) {
+    auto page = fs.readdir(dir, cookie, batch);
+    if (!page) {
+      if (used == 0) return reply_status(req, page.status());
+      break;
+    }
+    if (page->empty()) break;
+    bool full = false;
+    for (const auto& e : *page) {
+      size_t need = 0;
+      if (plus) {
+        fuse_entry_param ep{};
+        const bool dots = e.name == "." || e.name == "..";
+        Result<Attr> a = dots ? fs.getattr(e.ino) : fs.lookup(dir, e.name);
+        if (!a) continue;  // removed meanwhile
+        ep = entry_of(req, *a);
+        need = fuse_add_direntry_plus(req, buf.data() + used, size - used, e.name.c_str(), &ep,
+                                      static_cast<off_t>(e.cookie));
+        if (need > size - used) {
+          if (!dots) fs.forget(a->ino, 1);  // not handed to the kernel
+          full = true;
+          break;
+        }
+      } else {
+        struct stat st {};
+        st.st_ino = to_fuse(fs, e.ino);
+        st.st_mode = e.type << 12;
+        need = fuse_add_direntry(req, buf.data() + used, size - used, e.name.c_str(), &st,
+                                 static_cast<off_t>(e.cookie));
+        if (need > size - used) {
+          full = true;
+          break;
+        }
+      }
+      used += need;
+      cookie = e.cookie;
+    }
+    if (full || page->size() < batch) break;
+  }
+  fuse_reply_buf(req, buf.data(), used);
+}
+
+void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+  do_readdir(req, ino, size, off, false);
+}
+void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+  do_readdir(req, ino, size, off, true);
+}
+void op_releasedir(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
+void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info*) {
+  reply_status(req, fs_of(req).fsync(to_fs(req, ino), datasync != 0));
+}
+
+void op_statfs(fuse_req_t req, fuse_ino_t) {
+  struct statvfs s = fs_of(req).statfs();
+  fuse_reply_statfs(req, &s);
+}
+
+void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
+                 int flags) {
+  reply_status(req, fs_of(req).setxattr(to_fs(req, ino), name,
+                                        std::span<const uint8_t>(
+                                            reinterpret_cast<const uint8_t*>(value), size),
+                                        flags));
+}
+
+void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+  auto v = fs_of(req).getxattr(to_fs(req, ino), name);
+  if (!v) return reply_status(req, v.status());
+  if (size == 0) return static_cast<void>(fuse_reply_xattr(req, v->size()));
+  if (size < v->size()) {
+    fuse_reply_err(req, ERANGE);
+    return;
+  }
+  fuse_reply_buf(req, reinterpret_cast<const char*>(v->data()), v->size());
+}
+
+void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  auto v = fs_of(req).listxattr(to_fs(req, ino));
+  if (!v) return reply_status(req, v.status());
+  if (size == 0) return static_cast<void>(fuse_reply_xattr(req, v->size()));
+  if (size < v->size()) {
+    fuse_reply_err(req, ERANGE);
+    return;
+  }
+  fuse_reply_buf(req, v->data(), v->size());
+}
+
+void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
+  reply_status(req, fs_of(req).removexattr(to_fs(req, ino), name));
+}
+
+void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
+                  fuse_file_info*) {
+  reply_status(req, fs_of(req).fallocate(to_fs(req, ino), mode, static_cast<uint64_t>(offset),
+                                         static_cast<uint64_t>(length)));
+}
+
+void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info*) {
+  auto r = fs_of(req).lseek(to_fs(req, ino), static_cast<uint64_t>(off), whence);
+  if (!r) return reply_status(req, r.status());
+  fuse_reply_lseek(req, static_cast<off_t>(*r));
+}
+
+fuse_lowlevel_ops make_ops() {
+  fuse_lowlevel_ops ops{};
+  ops.init = op_init;
+  ops.lookup = op_lookup;
+  ops.forget = op_forget;
+  ops.forget_multi = op_forget_multi;
+  ops.getattr = op_getattr;
+  ops.setattr = op_setattr;
+  ops.readlink = op_readlink;
+  ops.mknod = op_mknod;
+  ops.mkdir = op_mkdir;
+  ops.unlink = op_unlink;
+  ops.rmdir = op_rmdir;
+  ops.symlink = op_symlink;
+  ops.rename = op_rename;
+  ops.link = op_link;
+  ops.open = op_open;
+  ops.create = op_create;
+  ops.read = op_read;
+  ops.write = op_write;
+  ops.flush = op_flush;
+  ops.release = op_release;
+  ops.fsync = op_fsync;
+  ops.opendir = op_opendir;
+  ops.readdir = op_readdir;
+  ops.readdirplus = op_readdirplus;
+  ops.releasedir = op_releasedir;
+  ops.fsyncdir = op_fsyncdir;
+  ops.statfs = op_statfs;
+  ops.setxattr = op_setxattr;
+  ops.getxattr = op_getxattr;
+  ops.listxattr = op_listxattr;
+  ops.removexattr = op_removexattr;
+  ops.fallocate = op_fallocate;
+  ops.lseek = op_lseek;
+  return ops;
+}
+
+}  // namespace
+
+Status serve(FileSystem& fs, const FuseOptions& opts, const std::function<void()>& on_mounted) {
+  Context context{&fs, opts};
+  std::vector<std::string> argv_s{"sharedfs"};
+  std::string o = "default_permissions,subtype=sharedfs";
+  if (!opts.fsname.empty()) o += ",fsname=" + opts.fsname;
+  if (geteuid() == 0) o += ",allow_other";
+  for (const auto& extra : opts.mount_opts) o += "," + extra;
+  argv_s.push_back("-o");
+  argv_s.push_back(o);
+  if (opts.debug) argv_s.push_back("-d");
+  std::vector<char*> argv;
+  for (auto& s : argv_s) argv.push_back(s.data());
+  fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
+  const fuse_lowlevel_ops ops = make_ops();
+  fuse_session* se = fuse_session_new(&args, &ops, sizeof(ops), &context);
+  if (se == nullptr) {
+    fuse_opt_free_args(&args);
+    return make_status(Code::kInvalidArgument, "cannot start a FUSE session (mount options {})", o);
+  }
+  Status result;
+  if (fuse_set_signal_handlers(se) != 0) {
+    result = make_status(Code::kInternal, "cannot install signal handlers");
+  } else {
+    if (fuse_session_mount(se, opts.mountpoint.c_str()) != 0) {
+      result = make_status(Code::kInvalidArgument, "cannot mount on {}", opts.mountpoint);
+    } else {
+      if (on_mounted) on_mounted();
+      fuse_loop_config* cfg = fuse_loop_cfg_create();
+      fuse_loop_cfg_set_clone_fd(cfg, 0);
+      fuse_loop_cfg_set_max_threads(cfg, opts.max_threads);
+      fuse_loop_cfg_set_idle_threads(cfg, opts.max_threads);
+      const int rc = fuse_session_loop_mt(se, cfg);
+      fuse_loop_cfg_destroy(cfg);
+      if (rc != 0 && rc != SIGINT && rc != SIGTERM && rc != SIGHUP) {
+        result = make_status(Code::kInternal, "FUSE loop ended with {}", rc);
+      }
+      fuse_session_unmount(se);
+    }
+    fuse_remove_signal_handlers(se);
+  }
+  fuse_session_destroy(se);
+  fuse_opt_free_args(&args);
+  return result;
+}
+
+}  // namespace sharedfs::fs::fuse

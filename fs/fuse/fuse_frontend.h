@@ -1,0 +1,37 @@
+// fs/fuse/ — the thin libfuse3 low-level frontend (DESIGN.md §1): translates FUSE requests
+// into FileSystem calls and Status errors into errno replies. No file-system logic here.
+//
+// FUSE node ids are inode numbers, except that the root is FUSE_ROOT_ID (1); block 1 is
+// the slot table, never an inode, so the two never meet.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "fs/fs.h"
+
+namespace sharedfs::fs::fuse {
+
+struct FuseOptions {
+  std::string mountpoint;
+  std::string fsname;                  // shown in /proc/mounts ("sharedfs:/dev/nvme0n1")
+  std::vector<std::string> mount_opts;  // extra -o options for the kernel mount
+  // Kernel write-back caching of file data: faster small writes, but the daemon then sees
+  // sizes late (SEEK_DATA/SEEK_HOLE and fallocate answer from stale sizes). Off by default.
+  bool writeback_cache = false;
+  // How long the kernel may trust names and attributes without asking. One node owns
+  // everything it caches (the local lock service never revokes), so this can be long.
+  double entry_timeout_s = 60.0;
+  double attr_timeout_s = 60.0;
+  unsigned max_threads = 16;
+  bool debug = false;
+};
+
+// Mounts `fs` at opts.mountpoint. `on_mounted` runs once the kernel mount exists (a
+// daemonizing caller reports success to its parent there). Serves requests until the file
+// system is unmounted (fusermount3 -u, umount) or the process gets SIGINT/SIGTERM/SIGHUP,
+// then returns; the caller unmounts `fs` afterwards.
+Status serve(FileSystem& fs, const FuseOptions& opts, const std::function<void()>& on_mounted);
+
+}  // namespace sharedfs::fs::fuse

@@ -1,0 +1,167 @@
+#include "tools/mount_command.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <sstream>
+
+#include "device/device.h"
+#include "fs/fs.h"
+#include "fs/fuse/fuse_frontend.h"
+
+namespace sharedfs::tools {
+namespace {
+
+// Options the file system itself understands; the rest go to the kernel mount.
+struct ParsedOptions {
+  fs::fuse::FuseOptions fuse;
+  fs::MountOptions mount;
+};
+
+Result<ParsedOptions> parse_options(const MountArgs& args) {
+  ParsedOptions p;
+  for (const auto& group : args.options) {
+    std::stringstream ss(group);
+    std::string opt;
+    while (std::getline(ss, opt, ',')) {
+      if (opt.empty()) continue;
+      const auto eq = opt.find('=');
+      const std::string key = opt.substr(0, eq);
+      const std::string val = eq == std::string::npos ? "" : opt.substr(eq + 1);
+      try {
+        if (key == "writeback_cache") {
+          p.fuse.writeback_cache = true;
+        } else if (key == "no_writeback_cache") {
+          p.fuse.writeback_cache = false;
+        } else if (key == "entry_timeout") {
+          p.fuse.entry_timeout_s = std::stod(val);
+        } else if (key == "attr_timeout") {
+          p.fuse.attr_timeout_s = std::stod(val);
+        } else if (key == "threads") {
+          p.fuse.max_threads = static_cast<unsigned>(std::stoul(val));
+        } else if (key == "commit") {
+          p.mount.commit_interval = std::chrono::milliseconds(std::stoul(val) * 1000);
+        } else if (key == "node") {
+          // node=N in fstab lines, same as --node
+        } else if (key == "rw" || key == "defaults" || key == "dev" || key == "suid" ||
+                   key == "exec" || key == "auto" || key == "noauto" || key == "_netdev" ||
+                   key == "nofail" || key == "user" || key == "nouser") {
+          // mount(8) and fstab words that mean nothing more to a FUSE mount
+        } else {
+          p.fuse.mount_opts.push_back(opt);
+        }
+      } catch (const std::exception&) {
+        return make_status(Code::kInvalidArgument, "bad value in mount option \"{}\"", opt);
+      }
+    }
+  }
+  return p;
+}
+
+int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
+  auto report = [&](const std::string& msg) {
+    if (ready_fd >= 0) {
+      (void)!::write(ready_fd, msg.data(), msg.size());
+      ::close(ready_fd);
+      ready_fd = -1;
+    } else if (!msg.empty()) {
+      fmt::print(stderr, "{}", msg);
+    }
+  };
+  const uint32_t slot = args.node - 1;
+  auto dev = device::open_device(args.device, device::HostId::for_node(0, args.node),
+                                 /*read_only=*/false);
+  if (!dev) {
+    report(fmt::format("sharedfs: {}\n", dev.status().to_string()));
+    return 1;
+  }
+  fs::MountOptions mo = p.mount;
+  mo.slot = slot;
+  mo.node_id = args.node;
+  auto filesystem = fs::FileSystem::mount(*dev->io, mo);
+  if (!filesystem) {
+    report(fmt::format("sharedfs: mounting {}: {}\n", args.device,
+                       filesystem.status().to_string()));
+    return 1;
+  }
+  fs::fuse::FuseOptions fo = p.fuse;
+  fo.mountpoint = args.mountpoint;
+  fo.fsname = "sharedfs:" + args.device;
+  fo.debug = args.debug;
+  bool mounted = false;
+  Status st = fs::fuse::serve(**filesystem, fo, [&] {
+    mounted = true;
+    report(ready_fd >= 0 ? "OK" : "");
+    if (!args.foreground) {
+      // Detach from the terminal now that the parent has its answer.
+      int null = ::open("/dev/null", O_RDWR);
+      if (null >= 0) {
+        ::dup2(null, 0);
+        ::dup2(null, 1);
+        ::dup2(null, 2);
+        if (null > 2) ::close(null);
+      }
+    }
+  });
+  if (!st && !mounted) report(fmt::format("sharedfs: {}\n", st.to_string()));
+  Status un = (*filesystem)->unmount();
+  if (!un) spdlog::error("unmount of {}: {}", args.device, un.to_string());
+  return st && un ? 0 : 1;
+}
+
+}  // namespace
+
+int run_mount(const MountArgs& args) {
+  if (args.node == 0) {
+    fmt::print(stderr, "sharedfs: node ids start at 1\n");
+    return 1;
+  }
+  auto parsed = parse_options(args);
+  if (!parsed) {
+    fmt::print(stderr, "sharedfs: {}\n", parsed.status().to_string());
+    return 1;
+  }
+  if (args.foreground) return serve_mount(args, *parsed, -1);
+  // Fork before anything starts threads; the parent waits for the child's verdict.
+  int pipefd[2];
+  if (::pipe(pipefd) != 0) {
+    fmt::print(stderr, "sharedfs: pipe: {}\n", std::strerror(errno));
+    return 1;
+  }
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    fmt::print(stderr, "sharedfs: fork: {}\n", std::strerror(errno));
+    return 1;
+  }
+  if (pid == 0) {
+    ::close(pipefd[0]);
+    ::setsid();
+    if (::chdir("/") != 0) {
+      // keep the current directory; nothing depends on it
+    }
+    ::_exit(serve_mount(args, *parsed, pipefd[1]));
+  }
+  ::close(pipefd[1]);
+  // The child answers "OK" once mounted, or an error message, and closes the pipe.
+  std::string msg;
+  char buf[512];
+  ssize_t n;
+  while ((n = ::read(pipefd[0], buf, sizeof buf)) != 0) {
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    msg.append(buf, static_cast<size_t>(n));
+  }
+  ::close(pipefd[0]);
+  if (msg == "OK") return 0;
+  fmt::print(stderr, "{}", msg.empty() ? "sharedfs: the daemon exited before mounting\n" : msg);
+  ::waitpid(pid, nullptr, 0);
+  return 1;
+}
+
+}  // namespace sharedfs::tools

@@ -1,0 +1,23 @@
+// `sharedfs mount`: opens the device, mounts the file system and serves it over FUSE.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace sharedfs::tools {
+
+struct MountArgs {
+  std::string device;
+  std::string mountpoint;
+  bool foreground = false;
+  bool debug = false;
+  std::vector<std::string> options;  // -o, comma-separated lists allowed
+  uint32_t node = 1;                 // node id; its slot is node - 1
+};
+
+// Returns the process exit code. Without `foreground` the daemon detaches once the mount
+// is up, and the calling process exits 0 then, or 1 with the daemon's error.
+int run_mount(const MountArgs& args);
+
+}  // namespace sharedfs::tools
