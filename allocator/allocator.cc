@@ -27,6 +27,12 @@ struct Allocator::AgState {
   // AG-relative bit just after this node's last allocation here: where a search without a
   // goal in this AG starts. GUARDED_BY(mu).
   uint64_t cursor = 0;
+  // Busy extents (as ext4 calls them): bits freed by a transaction that has not committed
+  // yet, as first bit -> (end bit, transaction). They are not handed out again until that
+  // transaction is durable: data written into a reused block goes to the device at once,
+  // and a crash before the commit would leave it inside the file (or metadata block) that
+  // still owns the block on disk. GUARDED_BY(mu).
+  std::map<uint64_t, std::pair<uint64_t, uint64_t>> busy;
 };
 
 struct Allocator::HeaderRef {
@@ -242,9 +248,34 @@ Result<std::optional<BlockRange>> Allocator::allocate_in(Handle& h, uint32_t ag,
   uint64_t start = from_bit.value_or(st.cursor);
   if (start < first || start >= size) start = first;
   AgBitmap bm(tm_, geo_, tag_, ag);
-  ASSIGN_OR_RETURN(auto run, find_run(bm, start, size, size, want, min));
+  prune_busy_locked(st);
+  // A free run, clipped at the first busy extent inside it; past busy extents that leave
+  // less than `min`, the search goes on after them.
+  auto search = [&](uint64_t from, uint64_t to) -> Result<std::optional<Run>> {
+    uint64_t pos = from;
+    while (pos < to) {
+      ASSIGN_OR_RETURN(auto r, find_run(bm, pos, to, size, want, min));
+      if (!r) return r;
+      auto it = st.busy.upper_bound(r->bit + r->len - 1);
+      const uint64_t run_end = r->bit + r->len;
+      uint64_t clip_at = run_end, resume = run_end;
+      // Busy extents starting before the run's end: the last one starting at or before
+      // the run start may still cover it.
+      while (it != st.busy.begin()) {
+        --it;
+        if (it->second.first <= r->bit) break;  // ends before the run
+        clip_at = std::max(it->first, r->bit);
+        resume = it->second.first;
+      }
+      if (clip_at == run_end) return r;
+      if (clip_at - r->bit >= min) return std::optional<Run>(Run{r->bit, clip_at - r->bit});
+      pos = std::max(resume, r->bit + 1);
+    }
+    return std::optional<Run>();
+  };
+  ASSIGN_OR_RETURN(auto run, search(start, size));
   if (!run && start > first) {
-    ASSIGN_OR_RETURN(run, find_run(bm, first, start, size, want, min));
+    ASSIGN_OR_RETURN(run, search(first, start));
   }
   if (!run) return std::optional<BlockRange>();
   if (ref.hdr.free_blocks < run->len) {
@@ -350,6 +381,7 @@ Status Allocator::free_range(Handle& h, BlockRange r, bool metadata, bool inode)
                        head);
   }
   bm.set(from, r.count, false);
+  st.busy[from] = {to, h.transaction()};
   ref.hdr.free_blocks += r.count;
   if (inode) --ref.hdr.inode_count;
   bm.write_back(h);
@@ -366,6 +398,23 @@ Status Allocator::free(Handle& h, BlockRange r, bool metadata) {
 
 Status Allocator::free_inode(Handle& h, uint64_t ino) {
   return free_range(h, {ino, 1}, /*metadata=*/true, /*inode=*/true);
+}
+
+void Allocator::prune_busy_locked(AgState& st) {
+  if (st.busy.empty()) return;
+  const uint64_t committed = tm_.last_committed();
+  std::erase_if(st.busy, [&](const auto& kv) { return kv.second.second <= committed; });
+}
+
+uint64_t Allocator::busy_blocks() {
+  uint64_t n = 0;
+  for (uint32_t ag = 0; ag < geo_.ag_count; ++ag) {
+    AgState& st = ags_[ag];
+    std::lock_guard lock(st.mu);
+    prune_busy_locked(st);
+    for (const auto& [from, v] : st.busy) n += v.first - from;
+  }
+  return n;
 }
 
 Usage Allocator::usage() const {

@@ -78,6 +78,11 @@ class Allocator {
   // Frees inode block `ino` (as metadata) and decrements its AG's inode_count.
   Status free_inode(journal::Handle& h, uint64_t ino);
 
+  // Blocks freed by transactions not yet committed, which allocate() skips until they are
+  // (see AgState::busy). A caller that gets kNoSpace while this is non-zero may commit
+  // (with no handle open) and try again.
+  uint64_t busy_blocks();
+
   // From the in-memory per-AG counts, which are kept exact; no I/O, never blocks on an AG
   // lock. Exact when no allocation or free is in flight.
   Usage usage() const;
@@ -89,6 +94,7 @@ class Allocator {
   Allocator(journal::TransactionManager& tm, const format::Superblock& sb, uint32_t home_slot);
 
   Result<HeaderRef> read_header(uint32_t ag);
+  void prune_busy_locked(AgState& st);
   void write_header(journal::Handle& h, uint32_t ag, HeaderRef& ref);
   // Tries AG `ag` under its lock, from AG-relative bit `from_bit` (nullopt: the AG's
   // cursor). nullopt when the AG has no run of `min` free blocks.

@@ -90,9 +90,13 @@ class AllocatorTest : public ::testing::Test {
     EXPECT_TRUE(r.is_ok()) << r.status().to_string();
     return r.is_ok() ? *r : BlockRange{};
   }
+  // Frees and commits, so the blocks can be handed out again (see BusyUntilCommitted).
   Status release(BlockRange r, bool metadata = false) {
-    Handle h = tm_->begin();
-    return alloc_->free(h, r, metadata);
+    {
+      Handle h = tm_->begin();
+      RETURN_IF_ERROR(alloc_->free(h, r, metadata));
+    }
+    return tm_->commit().status();
   }
   uint64_t inode(uint64_t goal) {
     Handle h = tm_->begin();
@@ -245,8 +249,9 @@ TEST_F(AllocatorTest, AllocateFreeRoundTrip) {
   for (uint64_t b = r.start; b < r.end(); ++b) EXPECT_FALSE(used[b]) << b;
   EXPECT_EQ(alloc_->usage().free_blocks, before.free_blocks);
   expect_consistent();
-  // The changed blocks carry the sequence of the transaction that changed them.
-  EXPECT_EQ(header(0).seq, tm_->last_committed() + 1);
+  // The changed blocks carry the sequence of the transaction that changed them (release()
+  // committed it).
+  EXPECT_EQ(header(0).seq, tm_->last_committed());
   EXPECT_EQ(close_and_fsck(), before.free_blocks);
 }
 
@@ -271,6 +276,44 @@ TEST_F(AllocatorTest, GoalAndCursor) {
   EXPECT_EQ(tail.start, ag_end(2) - 4);
   const BlockRange wrapped = alloc(ag_end(2) - 2, 3, 3);
   EXPECT_EQ(wrapped.start, first_data(2));
+  expect_consistent();
+  close_and_fsck();
+}
+
+TEST_F(AllocatorTest, FreedBlocksStayBusyUntilTheirTransactionCommits) {
+  SetUpDefault();
+  const BlockRange r = alloc(first_data(1), 30, 30);
+  ASSERT_OK(tm_->commit());
+  {
+    Handle h = tm_->begin();
+    ASSERT_OK(alloc_->free(h, {r.start + 10, 10}, /*metadata=*/false));
+  }
+  EXPECT_EQ(alloc_->busy_blocks(), 10u);
+  // Not reused while the free is uncommitted: the allocation goes past them.
+  const BlockRange p = alloc(r.start, 5, 1);
+  EXPECT_EQ(p.start, r.end());
+  ASSERT_OK(tm_->commit());
+  EXPECT_EQ(alloc_->busy_blocks(), 0u);
+  const BlockRange q = alloc(r.start, 10, 10);
+  EXPECT_EQ(q, (BlockRange{r.start + 10, 10}));
+  // A run that starts free and runs into a busy extent is clipped there.
+  {
+    Handle h = tm_->begin();
+    ASSERT_OK(alloc_->free(h, {q.start + 5, 5}, /*metadata=*/false));
+  }
+  ASSERT_OK(tm_->commit());
+  {
+    Handle h = tm_->begin();
+    ASSERT_OK(alloc_->free(h, {q.start, 5}, /*metadata=*/false));
+  }
+  ASSERT_OK(tm_->commit());
+  {
+    Handle h = tm_->begin();
+    ASSERT_OK(alloc_->free(h, {p.start, 5}, /*metadata=*/false));  // busy, after q
+  }
+  const BlockRange c = alloc(q.start, 20, 2);
+  EXPECT_EQ(c, (BlockRange{q.start, 10}));
+  ASSERT_OK(tm_->commit());
   expect_consistent();
   close_and_fsck();
 }

@@ -203,6 +203,11 @@ class FileSystem {
   Attr make_attr(Ino ino, const format::Inode& inode) const;
   Result<Attr> create_node(Ino parent, std::string_view name, uint32_t mode, uint32_t rdev,
                            std::string_view symlink_target, const Caller& caller);
+  Result<Attr> create_node_once(Ino parent, std::string_view name, uint32_t mode, uint32_t rdev,
+                                std::string_view symlink_target, const Caller& caller);
+  Result<size_t> write_once(Ino ino, uint64_t offset, std::span<const std::byte> data);
+  Status fallocate_once(Ino ino, int mode, uint64_t offset, uint64_t length);
+  bool retry_after_commit(const Status& st);
   Status remove_entry(Ino parent, std::string_view name, bool want_dir);
   // After the link count of `ref` dropped to 0 (under its EX lock, in handle h): free it
   // now if the kernel does not know it, else put it on the orphan list.

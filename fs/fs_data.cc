@@ -75,6 +75,19 @@ Result<size_t> FileSystem::read_into(Ino ino, uint64_t offset, std::span<std::by
 }
 
 Result<size_t> FileSystem::write(Ino ino, uint64_t offset, std::span<const std::byte> data) {
+  auto r = write_once(ino, offset, data);
+  if (!r && retry_after_commit(r.status())) r = write_once(ino, offset, data);
+  return r;
+}
+
+// ENOSPC while blocks freed by the running transaction wait for its commit: commit (no
+// lock or handle is held here) and say whether trying again may succeed.
+bool FileSystem::retry_after_commit(const Status& st) {
+  if (st.to_errno() != ENOSPC || alloc_->busy_blocks() == 0) return false;
+  return tm_->commit().is_ok();
+}
+
+Result<size_t> FileSystem::write_once(Ino ino, uint64_t offset, std::span<const std::byte> data) {
   if (data.empty()) return size_t{0};
   if (offset + data.size() < offset || offset + data.size() > (uint64_t{1} << 52)) {
     return posix_error(EFBIG, "write past the largest file size");
@@ -279,6 +292,12 @@ Status FileSystem::preallocate(journal::Handle& h, InodeRef& ref, uint64_t first
 }
 
 Status FileSystem::fallocate(Ino ino, int mode, uint64_t offset, uint64_t length) {
+  Status st = fallocate_once(ino, mode, offset, length);
+  if (!st && retry_after_commit(st)) st = fallocate_once(ino, mode, offset, length);
+  return st;
+}
+
+Status FileSystem::fallocate_once(Ino ino, int mode, uint64_t offset, uint64_t length) {
   if (length == 0) return posix_error(EINVAL, "fallocate of length 0");
   if (offset + length < offset || offset + length > (uint64_t{1} << 52)) {
     return posix_error(EFBIG, "fallocate past the largest file size");

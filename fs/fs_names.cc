@@ -84,6 +84,16 @@ Result<Attr> FileSystem::symlink(Ino parent, std::string_view name, std::string_
 Result<Attr> FileSystem::create_node(Ino parent, std::string_view name, uint32_t mode,
                                      uint32_t rdev, std::string_view target,
                                      const Caller& caller) {
+  auto r = create_node_once(parent, name, mode, rdev, target, caller);
+  if (!r && retry_after_commit(r.status())) {
+    r = create_node_once(parent, name, mode, rdev, target, caller);
+  }
+  return r;
+}
+
+Result<Attr> FileSystem::create_node_once(Ino parent, std::string_view name, uint32_t mode,
+                                          uint32_t rdev, std::string_view target,
+                                          const Caller& caller) {
   RETURN_IF_ERROR(detail::check_name(name));
   Attr out;
   {
