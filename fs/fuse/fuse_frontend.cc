@@ -78,6 +78,8 @@ void op_init(void* userdata, fuse_conn_info* conn) {
   want(FUSE_CAP_READDIRPLUS_AUTO);
   want(FUSE_CAP_PARALLEL_DIROPS);
   want(FUSE_CAP_POSIX_ACL);  // the kernel enforces ACLs from our xattrs
+  // The umask reaches us instead of being applied by the kernel: a default ACL replaces it.
+  want(FUSE_CAP_DONT_MASK);
   want(FUSE_CAP_EXPORT_SUPPORT);
   if (c->opts.writeback_cache) want(FUSE_CAP_WRITEBACK_CACHE);
   conn->max_write = 1 << 20;
