@@ -49,26 +49,6 @@ LogRegion log_region(const format::Superblock& sb, uint32_t slot) {
   return {hdr + 1, hdr + sb.geo.journal_blocks};
 }
 
-// True if the log block at `pos` is a journal block of transaction `seq`.
-bool holds_transaction(std::span<const std::byte> block, uint64_t pos, uint32_t tag, uint64_t seq) {
-  const BlockContext ctx{pos, tag};
-  switch (static_cast<BlockType>(format::peek_magic(block))) {
-    case BlockType::kJournalDescriptor: {
-      auto d = format::JournalDescriptor::decode(block, ctx);
-      return d && d->seq == seq;
-    }
-    case BlockType::kJournalRevoke: {
-      auto r = format::JournalRevoke::decode(block, ctx);
-      return r && r->seq == seq;
-    }
-    case BlockType::kJournalCommit: {
-      auto c = format::JournalCommit::decode(block, ctx);
-      return c && c->seq == seq;
-    }
-    default:
-      return false;
-  }
-}
 
 }  // namespace
 
@@ -102,6 +82,9 @@ Journal::Journal(device::BlockDevice& dev, const format::Superblock& sb, uint32_
 
 Journal::~Journal() = default;
 
+Result<bool> complete_transaction_at_tail(device::BlockDevice& dev, const format::Superblock& sb,
+                                          uint32_t slot, const format::JournalHeader& hdr);
+
 Result<std::unique_ptr<Journal>> Journal::open(device::BlockDevice& dev,
                                                const format::Superblock& sb, uint32_t slot) {
   if (slot >= sb.geo.slots) {
@@ -109,9 +92,10 @@ Result<std::unique_ptr<Journal>> Journal::open(device::BlockDevice& dev,
                        sb.geo.slots);
   }
   ASSIGN_OR_RETURN(auto hdr, read_header(dev, sb, slot));
-  AlignedBuffer buf(sb.geo.block_size);
-  RETURN_IF_ERROR(dev.read(hdr.tail_block * sb.geo.block_size, buf.span()));
-  if (holds_transaction(buf.span(), hdr.tail_block, sb.fs_tag(), hdr.tail_sequence)) {
+  // A complete transaction at the tail must be replayed first; a torn one (a crash before
+  // its commit block) is what replay ignores, and new transactions overwrite it.
+  ASSIGN_OR_RETURN(bool complete, complete_transaction_at_tail(dev, sb, slot, hdr));
+  if (complete) {
     return make_status(Code::kBusy, "the journal of slot {} holds transactions: replay it first",
                        slot);
   }
@@ -406,6 +390,14 @@ Result<std::optional<ScannedTransaction>> scan_transaction(device::BlockDevice& 
 }
 
 }  // namespace
+
+Result<bool> complete_transaction_at_tail(device::BlockDevice& dev, const format::Superblock& sb,
+                                          uint32_t slot, const format::JournalHeader& hdr) {
+  uint64_t end = 0;
+  ASSIGN_OR_RETURN(auto t, scan_transaction(dev, log_region(sb, slot), sb.geo.block_size,
+                                            sb.fs_tag(), hdr.tail_block, hdr.tail_sequence, &end));
+  return t.has_value();
+}
 
 Result<ReplayResult> replay(device::BlockDevice& dev, const format::Superblock& sb, uint32_t slot) {
   if (slot >= sb.geo.slots) {
