@@ -73,7 +73,22 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
     }
   };
   const uint32_t slot = args.node - 1;
-  auto dev = device::open_device(args.device, device::HostId::for_node(0, args.node),
+  // The node's Host ID derives from the cluster id in the superblock: peek at it first.
+  uint64_t cluster_id = 0;
+  {
+    auto peek = device::open_device(args.device, {}, /*read_only=*/true);
+    if (!peek) {
+      report(fmt::format("sharedfs: {}\n", peek.status().to_string()));
+      return 1;
+    }
+    auto sb = fs::read_superblock(*peek->io);
+    if (!sb) {
+      report(fmt::format("sharedfs: {}\n", sb.status().to_string()));
+      return 1;
+    }
+    cluster_id = sb->cluster_id;
+  }
+  auto dev = device::open_device(args.device, device::HostId::for_node(cluster_id, args.node),
                                  /*read_only=*/false);
   if (!dev) {
     report(fmt::format("sharedfs: {}\n", dev.status().to_string()));
