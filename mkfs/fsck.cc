@@ -1,13 +1,16 @@
-// fsck.sharedfs's checks. Each check reads one structure, validates it (decode checks
-// magic, checksum, self block number, tag, version) and then its cross-references against
-// the geometry. A problem names the block and the structure; with repair, a problem is
-// fixed only where the right content is known for certain.
+// fsck.sharedfs's checks (docs/fsck.md lists them all). Each check reads one structure,
+// validates it (decode checks magic, checksum, self block number, tag, version) and then its
+// cross-references against the geometry; then the structure walk (fsck_walk.h) follows the
+// tree from the root and the orphan lists, and its findings are reconciled with the AG
+// bitmaps and headers. A problem names the block and the structure; with repair, a problem
+// is fixed only where the right content is known for certain.
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <functional>
 
 #include "journal/journal.h"
+#include "mkfs/fsck_walk.h"
 #include "mkfs/mkfs.h"
 
 namespace sharedfs::mkfs {
@@ -31,11 +34,13 @@ class Checker {
       RETURN_IF_ERROR(check_orphans(s));
       RETURN_IF_ERROR(check_journal(s));
     }
+    ag_bitmap_ok_.assign(g.ag_count, false);
+    ag_inode_count_.assign(g.ag_count, std::nullopt);
     for (uint32_t ag = 0; ag < g.ag_count; ++ag) {
       RETURN_IF_ERROR(check_ag(ag));
       if (opts_.progress) opts_.progress(ag + 1, g.ag_count);
     }
-    RETURN_IF_ERROR(check_root());
+    RETURN_IF_ERROR(check_tree());
     if (opts_.repair && dirty_) RETURN_IF_ERROR(dev_.flush().with_context("flushing repairs"));
     report_.superblock = sb_;
     return std::move(report_);
@@ -232,7 +237,10 @@ class Checker {
       // survivor) would do, so -y does it here.
       bool fixed = false;
       std::string what = "needs replay (the node did not unmount cleanly)";
-      if (opts_.repair) {
+      if (!opts_.repair) {
+        journal_dirty_ = true;
+        what += "; journal dirty: run fsck -y or mount to replay";
+      } else {
         auto r = journal::replay(dev_, sb_, s);
         if (!r) return r.status().with_context(fmt::format("replaying the journal of slot {}", s));
         fixed = true;
@@ -298,6 +306,8 @@ class Checker {
       used += bm->count_set(in_range);
     }
     if (bitmap_ok) report_.free_blocks += size - used;
+    ag_bitmap_ok_[ag] = bitmap_ok;
+    if (hdr) ag_inode_count_[ag] = hdr->inode_count;
     if (hdr && bitmap_ok && hdr->free_blocks != size - used) {
       if (opts_.repair) {
         format::AgHeader fixed = *hdr;
@@ -312,28 +322,155 @@ class Checker {
     return Status::ok();
   }
 
-  Status check_root() {
-    const uint64_t blk = sb_.root_inode;
-    ASSIGN_OR_RETURN(auto root, load<format::Inode>(blk, "root directory inode"));
-    if (root && (root->mode & 0170000) != 040000) {
-      problem(blk, "root directory inode", fmt::format("mode {:o} is not a directory", root->mode));
+  // Passes 1-4: the structure walk, then what it found against the bitmaps and headers.
+  Status check_tree() {
+    internal::WalkInput in{.dev = &dev_, .sb = sb_, .bitmap_ok = ag_bitmap_ok_};
+    ASSIGN_OR_RETURN(internal::WalkResult w, internal::walk_filesystem(in));
+    const size_t first = report_.problems.size();
+    for (auto& p : w.problems) report_.problems.push_back(std::move(p));
+    // Repairs on the walk's word only when it saw everything: a structure it could not
+    // read may own blocks that would otherwise look leaked. A dirty journal means -n, which
+    // repairs nothing anyway.
+    const bool can_fix = opts_.repair && w.complete && !journal_dirty_;
+    RETURN_IF_ERROR(check_leaks(w, can_fix));
+    RETURN_IF_ERROR(check_inode_counts(w, can_fix));
+    report_.inodes = w.inodes;
+    report_.directories = w.directories;
+    note(fmt::format("tree: {} inodes ({} directories, {} orphans), {} blocks in use{}", w.inodes,
+                     w.directories, w.orphans, w.referenced.count(),
+                     w.complete ? "" : "; the walk could not read every structure"));
+    if (journal_dirty_ && report_.problems.size() > first) {
+      // Images not yet written home can make the tree look inconsistent: report what the
+      // walk saw, but only the dirty journal counts.
+      report_.notes.push_back(
+          fmt::format("journal dirty: run fsck -y or mount to replay; the structure walk found {} "
+                      "problem(s), not counted:",
+                      report_.problems.size() - first));
+      for (size_t i = first; i < report_.problems.size(); ++i) {
+        const auto& p = report_.problems[i];
+        report_.notes.push_back(fmt::format("  block {}: {}: {}", p.blkno, p.structure, p.what));
+      }
+      report_.problems.resize(first);
     }
-    // The root's block must be allocated in its AG's bitmap.
+    return Status::ok();
+  }
+
+  // Blocks an AG bitmap marks allocated in its data area that nothing the walk found uses.
+  Status check_leaks(const internal::WalkResult& w, bool can_fix) {
+    constexpr size_t kRunsReported = 16;  // per AG; the rest are summed up in one line
     const Geometry& g = sb_.geo;
-    if (auto ag = g.ag_of(blk)) {
-      const uint64_t bit = blk - g.ag_header_blkno(*ag);
-      const uint64_t per_block = g.bits_per_bitmap_block();
-      AlignedBuffer buf(bs());
-      const uint64_t bm_blk = g.bitmap_blkno(*ag, static_cast<uint32_t>(bit / per_block));
-      RETURN_IF_ERROR(read_block(bm_blk, buf));
-      auto bm = format::BitmapBlock::decode(buf.span(), ctx(bm_blk));
-      if (bm && !bm->test(bit % per_block)) {
-        problem(bm_blk, fmt::format("bitmap block of AG {}", *ag),
-                fmt::format("root inode block {} is marked free", blk));
+    const uint64_t per = g.bits_per_bitmap_block();
+    for (uint32_t ag = 0; ag < g.ag_count; ++ag) {
+      if (!ag_bitmap_ok_[ag]) continue;
+      const uint64_t head = g.ag_header_blkno(ag);
+      const uint64_t size = g.ag_size(ag);
+      const uint32_t nbitmap = g.bitmap_blocks(ag);
+      std::vector<format::BitmapBlock> bms;
+      for (uint32_t i = 0; i < nbitmap; ++i) {
+        const uint64_t blk = g.bitmap_blkno(ag, i);
+        AlignedBuffer buf(bs());
+        RETURN_IF_ERROR(read_block(blk, buf));
+        auto bm = format::BitmapBlock::decode(buf.span(), ctx(blk));
+        if (!bm) return bm.status().with_context("re-reading a bitmap block fsck checked");
+        bms.push_back(std::move(*bm));
+      }
+      struct Run {
+        uint64_t start;
+        uint64_t count;
+      };
+      std::vector<Run> runs;
+      uint64_t leaked = 0;
+      for (uint64_t bit = 1 + uint64_t{nbitmap}; bit < size; ++bit) {
+        const auto& bm = bms[bit / per];
+        const uint64_t i = bit % per;
+        if (i % 8 == 0 && bm.bits[i / 8] == 0 && bit + 8 <= size) {
+          bit += 7;  // eight free blocks
+          continue;
+        }
+        if (!bm.test(i) || w.referenced.test(head + bit)) continue;
+        ++leaked;
+        if (!runs.empty() && runs.back().start + runs.back().count == head + bit) {
+          ++runs.back().count;
+        } else {
+          runs.push_back({head + bit, 1});
+        }
+      }
+      if (leaked == 0) continue;
+      const bool fix = can_fix && ag_inode_count_[ag].has_value();
+      if (fix) {
+        for (const Run& r : runs) {
+          for (uint64_t b = r.start; b < r.start + r.count; ++b) {
+            bms[(b - head) / per].set((b - head) % per, false);
+          }
+        }
+        uint64_t used = 0;
+        for (uint32_t i = 0; i < nbitmap; ++i) {
+          RETURN_IF_ERROR(store(g.bitmap_blkno(ag, i), bms[i]));
+          used += bms[i].count_set(std::min(per, size - std::min(size, i * per)));
+        }
+        RETURN_IF_ERROR(
+            update_ag_header(ag, [&](format::AgHeader& h) { h.free_blocks = size - used; }));
+        report_.free_blocks += leaked;
+      }
+      const std::string name = fmt::format("bitmap of AG {}", ag);
+      const std::string why =
+          fix ? ""
+              : (opts_.repair && !w.complete ? " (not freed: the walk could not read every "
+                                               "structure)"
+                                             : "");
+      for (size_t k = 0; k < std::min(runs.size(), kRunsReported); ++k) {
+        const Run& r = runs[k];
+        problem(r.start, name,
+                r.count == 1 ? fmt::format("leaked block: block {} is allocated but nothing uses "
+                                           "it{}",
+                                           r.start, why)
+                             : fmt::format("leaked blocks: blocks {}..{} are allocated but "
+                                           "nothing uses them{}",
+                                           r.start, r.start + r.count - 1, why),
+                fix);
+      }
+      if (runs.size() > kRunsReported) {
+        uint64_t rest = 0;
+        for (size_t k = kRunsReported; k < runs.size(); ++k) rest += runs[k].count;
+        problem(runs[kRunsReported].start, name,
+                fmt::format("leaked blocks: {} more in {} more runs{}", rest,
+                            runs.size() - kRunsReported, why),
+                fix);
       }
     }
-    note("root directory checked");
     return Status::ok();
+  }
+
+  Status check_inode_counts(const internal::WalkResult& w, bool can_fix) {
+    const Geometry& g = sb_.geo;
+    for (uint32_t ag = 0; ag < g.ag_count; ++ag) {
+      if (!ag_inode_count_[ag] || *ag_inode_count_[ag] == w.inodes_per_ag[ag]) continue;
+      const uint64_t found = w.inodes_per_ag[ag];
+      if (can_fix) {
+        RETURN_IF_ERROR(update_ag_header(ag, [&](format::AgHeader& h) { h.inode_count = found; }));
+      }
+      problem(g.ag_header_blkno(ag), fmt::format("AG header {}", ag),
+              fmt::format("inode count {} but the walk found {} inodes in the AG{}",
+                          *ag_inode_count_[ag], found,
+                          opts_.repair && !w.complete
+                              ? " (not fixed: the walk could not read every structure)"
+                              : ""),
+              can_fix);
+      if (can_fix) ag_inode_count_[ag] = found;
+    }
+    return Status::ok();
+  }
+
+  // Re-reads AG `ag`'s header (an earlier repair may have rewritten it), changes it and
+  // writes it back.
+  Status update_ag_header(uint32_t ag, const std::function<void(format::AgHeader&)>& change) {
+    const uint64_t blk = sb_.geo.ag_header_blkno(ag);
+    AlignedBuffer buf(bs());
+    RETURN_IF_ERROR(read_block(blk, buf));
+    auto hdr = format::AgHeader::decode(buf.span(), ctx(blk));
+    if (!hdr) return hdr.status().with_context("re-reading an AG header fsck checked");
+    change(*hdr);
+    return store(blk, *hdr);
   }
 
   device::BlockDevice& dev_;
@@ -341,6 +478,12 @@ class Checker {
   Superblock sb_;
   FsckReport report_;
   bool dirty_ = false;
+  // A journal needs replay and -n keeps it so: the walk's findings are not counted.
+  bool journal_dirty_ = false;
+  // Per AG, from check_ag: every bitmap block sound; the header's inode count when the
+  // header is sound.
+  std::vector<bool> ag_bitmap_ok_;
+  std::vector<std::optional<uint64_t>> ag_inode_count_;
 };
 
 }  // namespace

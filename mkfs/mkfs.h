@@ -65,15 +65,21 @@ struct FsckProblem {
 
 struct FsckReport {
   std::vector<FsckProblem> problems;
-  std::vector<std::string> notes;  // what was checked (verbose)
+  // What was checked (verbose), and, whatever the verbosity, what the structure walk found
+  // while a journal still needs replay (those findings are not problems: see docs/fsck.md).
+  std::vector<std::string> notes;
   std::optional<format::Superblock> superblock;
   uint64_t free_blocks = 0;  // counted from the bitmaps that could be read
+  uint64_t inodes = 0;       // found by the structure walk (named, or on an orphan list)
+  uint64_t directories = 0;
 
   // e2fsck's convention: 0 clean, 1 errors fixed, 4 errors left uncorrected.
   int exit_code() const;
 };
 
-// Checks every structure this version knows; with opts.repair, fixes what is safe. A
+// Checks every structure this version knows (docs/fsck.md): the fixed regions, the AGs,
+// then the whole tree from the root inode and every orphan list, reconciled with the AG
+// bitmaps and inode counts. With opts.repair, fixes what is safe. A
 // Status error means the check could not run (exit code 8): the device cannot be read,
 // or carries no sharedfs at all.
 Result<FsckReport> check_filesystem(device::BlockDevice& dev, const FsckOptions& opts);

@@ -8,7 +8,7 @@ sharedfs_install_deps
 jobs="$(nproc)"
 sharedfs_build build
 echo "== ctest (default suite)"
-ctest --test-dir "$SHAREDFS_ROOT/build" --output-on-failure -j"$jobs" --timeout 600
+ctest --test-dir "$SHAREDFS_ROOT/build" --output-on-failure -j"$jobs" --timeout 600 -LE scale
 
 sharedfs_build build-asan -DSHAREDFS_SANITIZE=ON
 echo "== ctest -L unit under ASan+UBSan"
