@@ -751,7 +751,7 @@ Status encode_dir_entries(std::span<std::byte> area, const std::vector<DirEntry>
   if (need > area.size()) {
     return make_status(Code::kNoSpace, "{} bytes of entries do not fit in {}", need, area.size());
   }
-  std::memset(area.data(), 0, area.size());
+  if (!area.empty()) std::memset(area.data(), 0, area.size());  // data() may be null when empty
   Writer w(area);
   size_t off = 0;
   for (const DirEntry& e : entries) {
