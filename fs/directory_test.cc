@@ -1,65 +1,29 @@
 #include "fs/directory.h"
 
 #include <gtest/gtest.h>
-#include <unistd.h>
 
-#include <filesystem>
-#include <fstream>
 #include <random>
 #include <set>
 #include <unordered_map>
 
-#include "common/test_util.h"
-#include "mkfs/mkfs.h"
+#include "fs/fs_test_fixture.h"
 
 namespace sharedfs::fs {
 namespace {
 
-namespace fsys = std::filesystem;
 using format::DirEntry;
 using format::FileType;
 
-constexpr uint64_t kMiB = 1 << 20;
 
-class DirectoryTest : public ::testing::Test {
+class DirectoryTest : public testing::InodeTest {
  protected:
+  uint64_t image_bytes() const override { return 1024 * kMiB; }
+  uint64_t journal_bytes() const override { return 32 * kMiB; }
   void SetUp() override {
-    dir_ =
-        fsys::path("/var/tmp") / ("sharedfs-dir-test-" + std::to_string(getpid()) + "-" +
-                                  ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fsys::create_directories(dir_);
-    const std::string image = (dir_ / "disk.img").string();
-    std::ofstream(image).close();
-    fsys::resize_file(image, 1024 * kMiB);
-    auto dev = device::open_file_device(image, {});
-    ASSERT_TRUE(dev.is_ok());
-    dev_ = std::move(dev->io);
-    auto sb = mkfs::make_filesystem(*dev_, {.slots = 2, .journal_bytes = 32 * kMiB});
-    ASSERT_TRUE(sb.is_ok());
-    sb_ = *sb;
-    auto j = journal::Journal::open(*dev_, sb_, 0);
-    ASSERT_TRUE(j.is_ok());
-    journal_ = std::move(*j);
-    tm_ = std::make_unique<journal::TransactionManager>(*dev_, *journal_, sb_.geo.block_size);
-    auto a = allocator::Allocator::open(*tm_, sb_, 0);
-    ASSERT_TRUE(a.is_ok()) << a.status().to_string();
-    alloc_ = std::move(*a);
-    journal::Handle h = tm_->begin();
-    auto ino = alloc_->allocate_inode(h, 0);
-    ASSERT_TRUE(ino.is_ok());
-    ino_ = *ino;
+    InodeTest::SetUp();
     inode_.mode = 040755;
     inode_.nlink = 2;
     inode_.flags = format::Inode::kInlineData;
-    baseline_free_ = alloc_->usage().free_blocks;
-  }
-
-  void TearDown() override {
-    alloc_.reset();
-    tm_.reset();
-    journal_.reset();
-    dev_.reset();
-    fsys::remove_all(dir_);
   }
 
   Directory dir() { return Directory(*tm_, *alloc_, sb_, ino_, inode_); }
@@ -93,15 +57,6 @@ class DirectoryTest : public ::testing::Test {
   // against real re-reads.
   void commit() { ASSERT_TRUE(tm_->commit().is_ok()); }
 
-  fsys::path dir_;
-  std::unique_ptr<device::BlockDevice> dev_;
-  format::Superblock sb_;
-  std::unique_ptr<journal::Journal> journal_;
-  std::unique_ptr<journal::TransactionManager> tm_;
-  std::unique_ptr<allocator::Allocator> alloc_;
-  uint64_t ino_ = 0;
-  format::Inode inode_;
-  uint64_t baseline_free_ = 0;
 };
 
 TEST_F(DirectoryTest, SmallDirectoryStaysInline) {

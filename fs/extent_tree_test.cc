@@ -1,65 +1,29 @@
 #include "fs/extent_tree.h"
 
 #include <gtest/gtest.h>
-#include <unistd.h>
 
-#include <filesystem>
-#include <fstream>
 #include <map>
 #include <random>
 
-#include "common/test_util.h"
-#include "mkfs/mkfs.h"
+#include "fs/fs_test_fixture.h"
 
 namespace sharedfs::fs {
 namespace {
 
-namespace fsys = std::filesystem;
 using format::Extent;
 
-constexpr uint64_t kMiB = 1 << 20;
 // Data "device blocks" in these tests are made-up numbers far from real metadata: the
 // tree only records them. Tree node blocks come from the real allocator.
 constexpr uint64_t kFakeData = uint64_t{1} << 40;
 
-class ExtentTreeTest : public ::testing::Test {
+class ExtentTreeTest : public testing::InodeTest {
  protected:
+  uint64_t image_bytes() const override { return 256 * kMiB; }
+  uint64_t journal_bytes() const override { return 8 * kMiB; }
   void SetUp() override {
-    dir_ =
-        fsys::path("/var/tmp") / ("sharedfs-extent-test-" + std::to_string(getpid()) + "-" +
-                                  ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fsys::create_directories(dir_);
-    const std::string image = (dir_ / "disk.img").string();
-    std::ofstream(image).close();
-    fsys::resize_file(image, 256 * kMiB);
-    auto dev = device::open_file_device(image, {});
-    ASSERT_TRUE(dev.is_ok());
-    dev_ = std::move(dev->io);
-    auto sb = mkfs::make_filesystem(*dev_, {.slots = 2, .journal_bytes = 8 * kMiB});
-    ASSERT_TRUE(sb.is_ok());
-    sb_ = *sb;
-    auto j = journal::Journal::open(*dev_, sb_, 0);
-    ASSERT_TRUE(j.is_ok());
-    journal_ = std::move(*j);
-    tm_ = std::make_unique<journal::TransactionManager>(*dev_, *journal_, sb_.geo.block_size);
-    auto a = allocator::Allocator::open(*tm_, sb_, 0);
-    ASSERT_TRUE(a.is_ok()) << a.status().to_string();
-    alloc_ = std::move(*a);
-    journal::Handle h = tm_->begin();
-    auto ino = alloc_->allocate_inode(h, 0);
-    ASSERT_TRUE(ino.is_ok());
-    ino_ = *ino;
+    InodeTest::SetUp();
     inode_.mode = 0100644;
     inode_.nlink = 1;
-    baseline_free_ = alloc_->usage().free_blocks;
-  }
-
-  void TearDown() override {
-    alloc_.reset();
-    tm_.reset();
-    journal_.reset();
-    dev_.reset();
-    fsys::remove_all(dir_);
   }
 
   ExtentTree tree() { return ExtentTree(*tm_, *alloc_, sb_, ino_, inode_); }
@@ -76,15 +40,6 @@ class ExtentTreeTest : public ::testing::Test {
     return r.is_ok() ? *r : std::vector<allocator::BlockRange>{};
   }
 
-  fsys::path dir_;
-  std::unique_ptr<device::BlockDevice> dev_;
-  format::Superblock sb_;
-  std::unique_ptr<journal::Journal> journal_;
-  std::unique_ptr<journal::TransactionManager> tm_;
-  std::unique_ptr<allocator::Allocator> alloc_;
-  uint64_t ino_ = 0;
-  format::Inode inode_;
-  uint64_t baseline_free_ = 0;
 };
 
 TEST_F(ExtentTreeTest, ContiguousInsertsMergeIntoOneExtent) {

@@ -21,7 +21,8 @@ inline std::string string_of(const std::vector<std::byte>& v) {
   return std::string(reinterpret_cast<const char*>(v.data()), v.size());
 }
 
-class FsTest : public ::testing::Test {
+// A sparse image under /var/tmp, formatted with 2 slots; fs/ test fixtures build on it.
+class ImageTest : public ::testing::Test {
  protected:
   static constexpr uint64_t kMiB = 1 << 20;
 
@@ -38,6 +39,66 @@ class FsTest : public ::testing::Test {
     dev_ = std::move(dev->io);
     auto sb = mkfs::make_filesystem(*dev_, {.slots = 2, .journal_bytes = journal_bytes()});
     ASSERT_TRUE(sb.is_ok()) << sb.status().to_string();
+    sb_ = *sb;
+  }
+
+  void TearDown() override {
+    dev_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+
+  virtual uint64_t image_bytes() const { return 1024 * kMiB; }
+  virtual uint64_t journal_bytes() const { return 8 * kMiB; }
+
+  std::filesystem::path dir_;
+  std::string image_;
+  std::unique_ptr<device::BlockDevice> dev_;
+  format::Superblock sb_;
+};
+
+// One freshly allocated inode with the journal, transaction manager and allocator of slot
+// 0 around it: for the internal structures (extent trees, directories) without a
+// FileSystem. The inode's fields live in `inode_`; its block is never written.
+class InodeTest : public ImageTest {
+ protected:
+  void SetUp() override {
+    ImageTest::SetUp();
+    if (HasFatalFailure()) return;
+    auto j = journal::Journal::open(*dev_, sb_, 0);
+    ASSERT_TRUE(j.is_ok()) << j.status().to_string();
+    journal_ = std::move(*j);
+    tm_ = std::make_unique<journal::TransactionManager>(*dev_, *journal_, sb_.geo.block_size);
+    auto a = allocator::Allocator::open(*tm_, sb_, 0);
+    ASSERT_TRUE(a.is_ok()) << a.status().to_string();
+    alloc_ = std::move(*a);
+    journal::Handle h = tm_->begin();
+    auto ino = alloc_->allocate_inode(h, 0);
+    ASSERT_TRUE(ino.is_ok()) << ino.status().to_string();
+    ino_ = *ino;
+    baseline_free_ = alloc_->usage().free_blocks;
+  }
+
+  void TearDown() override {
+    alloc_.reset();
+    tm_.reset();
+    journal_.reset();
+    ImageTest::TearDown();
+  }
+
+  std::unique_ptr<journal::Journal> journal_;
+  std::unique_ptr<journal::TransactionManager> tm_;
+  std::unique_ptr<allocator::Allocator> alloc_;
+  uint64_t ino_ = 0;
+  format::Inode inode_;
+  uint64_t baseline_free_ = 0;
+};
+
+// A mounted FileSystem on a fresh image; the image must be fsck-clean at the end.
+class FsTest : public ImageTest {
+ protected:
+  void SetUp() override {
+    ImageTest::SetUp();
+    if (HasFatalFailure()) return;
     mount();
   }
 
@@ -50,12 +111,8 @@ class FsTest : public ::testing::Test {
       ASSERT_TRUE(report.is_ok()) << report.status().to_string();
       for (const auto& p : report->problems) ADD_FAILURE() << p.structure << ": " << p.what;
     }
-    dev_.reset();
-    std::filesystem::remove_all(dir_);
+    ImageTest::TearDown();
   }
-
-  virtual uint64_t image_bytes() const { return 1024 * kMiB; }
-  virtual uint64_t journal_bytes() const { return 8 * kMiB; }
 
   MountOptions mount_options() const {
     MountOptions o;
@@ -90,9 +147,6 @@ class FsTest : public ::testing::Test {
     return r.is_ok() ? 0 : r.status().to_errno();
   }
 
-  std::filesystem::path dir_;
-  std::string image_;
-  std::unique_ptr<device::BlockDevice> dev_;
   std::unique_ptr<FileSystem> fs_;
   Caller caller_{1000, 1000, 022};
 };
