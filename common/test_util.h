@@ -1,7 +1,13 @@
-// GoogleTest helpers for Status and Result, shared by every test binary.
+// GoogleTest helpers shared by every test binary: Status/Result checks and running a shell
+// command.
 #pragma once
 
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <string>
 
 #include "common/status.h"
 
@@ -13,3 +19,25 @@
 
 #define ASSERT_OK(expr) SHAREDFS_STATUS_CHECK_(ASSERT_TRUE, expr)
 #define EXPECT_OK(expr) SHAREDFS_STATUS_CHECK_(EXPECT_TRUE, expr)
+
+namespace sharedfs::testing {
+
+struct CommandResult {
+  int rc = -1;      // exit status; -1 if it could not run or was killed
+  std::string out;  // standard output and standard error together
+};
+
+// Runs `cmd` with /bin/sh and waits for it.
+inline CommandResult run_command(const std::string& cmd) {
+  CommandResult r;
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  if (p == nullptr) return r;
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int status = pclose(p);
+  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+}  // namespace sharedfs::testing

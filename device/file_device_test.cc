@@ -459,35 +459,19 @@ TEST_F(FileDeviceReservations, ExplicitStatePathIsSharedByItsOpeners) {
 // A loop device over the image shares the image's reservation state (the sidecar lies
 // beside the loop device's backing file).
 
-// Runs a shell command; returns its exit status and standard output.
-std::pair<int, std::string> run(const std::string& cmd) {
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return {-1, out};
-  char buf[256];
-  while (fgets(buf, sizeof(buf), p) != nullptr) out += buf;
-  const int rc = pclose(p);
-  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
-  return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, out};
-}
-
 class FileDeviceLoop : public ImageFixture {
  protected:
   void SetUp() override {
     ImageFixture::SetUp();
-    if (run("command -v losetup >/dev/null 2>&1").first != 0) {
-      GTEST_SKIP() << "losetup is not installed";
-    }
-    auto [rc, out] = run("losetup -f --show '" + image_ + "' 2>&1");
-    if (rc != 0 || out.rfind("/dev/loop", 0) != 0) {
-      GTEST_SKIP() << "losetup cannot attach a loop device here: " << out;
-    }
-    loop_ = out;
+    // losetup comes with the set-up (package mount) and the machine has loop devices.
+    auto r = testing::run_command("losetup -f --show '" + image_ + "'");
+    ASSERT_TRUE(r.rc == 0 && r.out.rfind("/dev/loop", 0) == 0) << "losetup: " << r.out;
+    loop_ = r.out.substr(0, r.out.find('\n'));
   }
   void TearDown() override {
     if (!loop_.empty()) {
-      auto [rc, out] = run("losetup -d " + loop_ + " 2>&1");
-      EXPECT_EQ(rc, 0) << "detaching " << loop_ << ": " << out;
+      auto r = testing::run_command("losetup -d " + loop_);
+      EXPECT_EQ(r.rc, 0) << "detaching " << loop_ << ": " << r.out;
     }
     ImageFixture::TearDown();
   }

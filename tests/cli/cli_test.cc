@@ -10,6 +10,7 @@
 #include <fstream>
 #include <string>
 
+#include "common/test_util.h"
 #include "format/format.h"
 
 namespace sharedfs {
@@ -18,22 +19,8 @@ namespace {
 namespace fs = std::filesystem;
 constexpr uint64_t kGiB = uint64_t{1} << 30;
 
-struct CmdResult {
-  int rc = -1;
-  std::string out;  // stdout and stderr together
-};
-
-CmdResult run(const std::string& cmd) {
-  CmdResult r;
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  if (p == nullptr) return r;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int status = pclose(p);
-  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+using CmdResult = testing::CommandResult;
+using testing::run_command;
 
 class CliTest : public ::testing::Test {
  protected:
@@ -44,7 +31,7 @@ class CliTest : public ::testing::Test {
     image_ = (dir_ / "disk.img").string();
   }
   void TearDown() override {
-    if (!loop_.empty()) run("losetup -d " + loop_);
+    if (!loop_.empty()) run_command("losetup -d " + loop_);
     fs::remove_all(dir_);
   }
 
@@ -54,7 +41,7 @@ class CliTest : public ::testing::Test {
   }
 
   std::string attach_loop() {
-    CmdResult r = run("losetup --find --show " + image_);
+    CmdResult r = run_command("losetup --find --show " + image_);
     EXPECT_EQ(r.rc, 0) << r.out;
     loop_ = r.out.substr(0, r.out.find('\n'));
     return loop_;
@@ -86,11 +73,11 @@ class CliTest : public ::testing::Test {
 
 TEST_F(CliTest, MkfsThenFsckIsCleanOnImageFile) {
   make_image(kGiB);
-  CmdResult mk = run(std::string(MKFS_BIN) + " --label data " + image_);
+  CmdResult mk = run_command(std::string(MKFS_BIN) + " --label data " + image_);
   ASSERT_EQ(mk.rc, 0) << mk.out;
   EXPECT_NE(mk.out.find("node slots:         16"), std::string::npos) << mk.out;
   EXPECT_NE(mk.out.find("allocation groups"), std::string::npos);
-  CmdResult ck = run(std::string(FSCK_BIN) + " -n " + image_);
+  CmdResult ck = run_command(std::string(FSCK_BIN) + " -n " + image_);
   EXPECT_EQ(ck.rc, 0) << ck.out;
   EXPECT_NE(ck.out.find("clean"), std::string::npos) << ck.out;
 }
@@ -99,24 +86,24 @@ TEST_F(CliTest, MkfsThenFsckIsCleanOnLoopDevice) {
   make_image(kGiB);
   const std::string loop = attach_loop();
   ASSERT_FALSE(loop.empty());
-  CmdResult mk = run(std::string(MKFS_BIN) + " -q " + loop);
+  CmdResult mk = run_command(std::string(MKFS_BIN) + " -q " + loop);
   ASSERT_EQ(mk.rc, 0) << mk.out;
-  CmdResult ck = run(std::string(FSCK_BIN) + " -n " + loop);
+  CmdResult ck = run_command(std::string(FSCK_BIN) + " -n " + loop);
   EXPECT_EQ(ck.rc, 0) << ck.out;
   // Through the loop device and the file: one file system, one reservation state.
-  run("sync");
-  CmdResult ck2 = run(std::string(FSCK_BIN) + " -n " + image_);
+  run_command("sync");
+  CmdResult ck2 = run_command(std::string(FSCK_BIN) + " -n " + image_);
   EXPECT_EQ(ck2.rc, 0) << ck2.out;
-  CmdResult reg = run(std::string(SHAREDFS_BIN) + " reservation register " + loop +
+  CmdResult reg = run_command(std::string(SHAREDFS_BIN) + " reservation register " + loop +
                       " --node 3 --cluster-id 9 --key 0x33");
   ASSERT_EQ(reg.rc, 0) << reg.out;
-  CmdResult rep = run(std::string(SHAREDFS_BIN) + " reservation report " + image_);
+  CmdResult rep = run_command(std::string(SHAREDFS_BIN) + " reservation report " + image_);
   EXPECT_NE(rep.out.find("0x0000000000000033"), std::string::npos) << rep.out;
 }
 
 TEST_F(CliTest, FlippedByteMakesFsckExit4NamingTheBlock) {
   make_image(kGiB);
-  ASSERT_EQ(run(std::string(MKFS_BIN) + " -q " + image_).rc, 0);
+  ASSERT_EQ(run_command(std::string(MKFS_BIN) + " -q " + image_).rc, 0);
   const format::Superblock sb = superblock();
   const auto& g = sb.geo;
   const uint64_t bs = g.block_size;
@@ -133,46 +120,46 @@ TEST_F(CliTest, FlippedByteMakesFsckExit4NamingTheBlock) {
   for (uint64_t blk : blocks) {
     const uint64_t off = blk * bs + 123;
     flip_byte(off);
-    CmdResult ck = run(std::string(FSCK_BIN) + " -n " + image_);
+    CmdResult ck = run_command(std::string(FSCK_BIN) + " -n " + image_);
     EXPECT_EQ(ck.rc, 4) << "block " << blk << "\n" << ck.out;
     EXPECT_NE(ck.out.find("block " + std::to_string(blk) + ":"), std::string::npos)
         << "block " << blk << "\n"
         << ck.out;
     flip_byte(off);
   }
-  EXPECT_EQ(run(std::string(FSCK_BIN) + " -n " + image_).rc, 0);
+  EXPECT_EQ(run_command(std::string(FSCK_BIN) + " -n " + image_).rc, 0);
 }
 
 TEST_F(CliTest, FsckRepairsPrimarySuperblockExit1ThenClean) {
   make_image(kGiB);
-  ASSERT_EQ(run(std::string(MKFS_BIN) + " -q " + image_).rc, 0);
+  ASSERT_EQ(run_command(std::string(MKFS_BIN) + " -q " + image_).rc, 0);
   flip_byte(40);  // the block size field of the primary
-  CmdResult fix = run(std::string(FSCK_BIN) + " -y " + image_);
+  CmdResult fix = run_command(std::string(FSCK_BIN) + " -y " + image_);
   EXPECT_EQ(fix.rc, 1) << fix.out;
   EXPECT_NE(fix.out.find("[FIXED]"), std::string::npos);
-  EXPECT_EQ(run(std::string(FSCK_BIN) + " -n " + image_).rc, 0);
+  EXPECT_EQ(run_command(std::string(FSCK_BIN) + " -n " + image_).rc, 0);
 }
 
 TEST_F(CliTest, FsckUsageAndOperationalErrors) {
   make_image(64 << 20);
-  EXPECT_EQ(run(std::string(FSCK_BIN) + " " + image_).rc, 8);  // no file system
-  EXPECT_EQ(run(std::string(FSCK_BIN) + " -n -y " + image_).rc, 16);
-  EXPECT_EQ(run(std::string(FSCK_BIN) + " -n /nonexistent/device").rc, 8);
+  EXPECT_EQ(run_command(std::string(FSCK_BIN) + " " + image_).rc, 8);  // no file system
+  EXPECT_EQ(run_command(std::string(FSCK_BIN) + " -n -y " + image_).rc, 16);
+  EXPECT_EQ(run_command(std::string(FSCK_BIN) + " -n /nonexistent/device").rc, 8);
 }
 
 TEST_F(CliTest, MkfsRefusesExt4WithoutForce) {
   make_image(kGiB);
-  ASSERT_EQ(run("mkfs.ext4 -q -F " + image_).rc, 0);
-  CmdResult mk = run(std::string(MKFS_BIN) + " " + image_);
+  ASSERT_EQ(run_command("mkfs.ext4 -q -F " + image_).rc, 0);
+  CmdResult mk = run_command(std::string(MKFS_BIN) + " " + image_);
   EXPECT_NE(mk.rc, 0);
   EXPECT_NE(mk.out.find("ext4"), std::string::npos) << mk.out;
   EXPECT_NE(mk.out.find("--force"), std::string::npos) << mk.out;
-  CmdResult forced = run(std::string(MKFS_BIN) + " -q --force " + image_);
+  CmdResult forced = run_command(std::string(MKFS_BIN) + " -q --force " + image_);
   EXPECT_EQ(forced.rc, 0) << forced.out;
-  EXPECT_EQ(run("blkid -p " + image_).out.find("ext4"), std::string::npos);
-  EXPECT_EQ(run(std::string(FSCK_BIN) + " -n " + image_).rc, 0);
+  EXPECT_EQ(run_command("blkid -p " + image_).out.find("ext4"), std::string::npos);
+  EXPECT_EQ(run_command(std::string(FSCK_BIN) + " -n " + image_).rc, 0);
   // And an existing sharedfs is refused too.
-  CmdResult again = run(std::string(MKFS_BIN) + " " + image_);
+  CmdResult again = run_command(std::string(MKFS_BIN) + " " + image_);
   EXPECT_NE(again.rc, 0);
   EXPECT_NE(again.out.find("sharedfs"), std::string::npos) << again.out;
 }
@@ -183,21 +170,21 @@ class OtherFilesystemTest : public CliTest, public ::testing::WithParamInterface
 TEST_P(OtherFilesystemTest, MkfsRefusesWithoutForceAndWipesWithForce) {
   const std::string type = GetParam();
   make_image(kGiB);
-  CmdResult made = run("mkfs." + type + " -q -f " + image_);
+  CmdResult made = run_command("mkfs." + type + " -q -f " + image_);
   ASSERT_EQ(made.rc, 0) << made.out;
-  CmdResult mk = run(std::string(MKFS_BIN) + " " + image_);
+  CmdResult mk = run_command(std::string(MKFS_BIN) + " " + image_);
   EXPECT_NE(mk.rc, 0);
   EXPECT_NE(mk.out.find(type), std::string::npos) << mk.out;
-  ASSERT_EQ(run(std::string(MKFS_BIN) + " -q -f " + image_).rc, 0);
-  EXPECT_EQ(run("blkid -p " + image_).out.find(type), std::string::npos);
-  EXPECT_EQ(run(std::string(FSCK_BIN) + " -n " + image_).rc, 0);
+  ASSERT_EQ(run_command(std::string(MKFS_BIN) + " -q -f " + image_).rc, 0);
+  EXPECT_EQ(run_command("blkid -p " + image_).out.find(type), std::string::npos);
+  EXPECT_EQ(run_command(std::string(FSCK_BIN) + " -n " + image_).rc, 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Signatures, OtherFilesystemTest, ::testing::Values("xfs", "btrfs"));
 
 TEST_F(CliTest, MkfsRefusesTooSmallDeviceSayingWhatFits) {
   make_image(48 << 20);
-  CmdResult mk = run(std::string(MKFS_BIN) + " --journal-size 4M " + image_);
+  CmdResult mk = run_command(std::string(MKFS_BIN) + " --journal-size 4M " + image_);
   EXPECT_NE(mk.rc, 0);
   EXPECT_NE(mk.out.find("too small"), std::string::npos) << mk.out;
   EXPECT_NE(mk.out.find("--nodes"), std::string::npos) << mk.out;
@@ -206,24 +193,24 @@ TEST_F(CliTest, MkfsRefusesTooSmallDeviceSayingWhatFits) {
 TEST_F(CliTest, OneTebibyteSparseImageFormatsInUnderTenSeconds) {
   make_image(1024 * kGiB);
   const auto start = std::chrono::steady_clock::now();
-  CmdResult mk = run(std::string(MKFS_BIN) + " -q " + image_);
+  CmdResult mk = run_command(std::string(MKFS_BIN) + " -q " + image_);
   const auto secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start);
   ASSERT_EQ(mk.rc, 0) << mk.out;
   EXPECT_LT(secs.count(), 10.0);
   std::printf("mkfs of a 1 TiB sparse image: %.2f s\n", secs.count());
-  CmdResult ck = run(std::string(FSCK_BIN) + " -n " + image_);
+  CmdResult ck = run_command(std::string(FSCK_BIN) + " -n " + image_);
   EXPECT_EQ(ck.rc, 0) << ck.out;
 }
 
 TEST_F(CliTest, DebugCommandsReadTheDevice) {
   make_image(256 << 20);
-  ASSERT_EQ(run(std::string(MKFS_BIN) + " -q -N 4 --cluster-name prod " + image_).rc, 0);
-  CmdResult sb = run(std::string(SHAREDFS_BIN) + " debug superblock " + image_);
+  ASSERT_EQ(run_command(std::string(MKFS_BIN) + " -q -N 4 --cluster-name prod " + image_).rc, 0);
+  CmdResult sb = run_command(std::string(SHAREDFS_BIN) + " debug superblock " + image_);
   EXPECT_EQ(sb.rc, 0) << sb.out;
   EXPECT_NE(sb.out.find("prod"), std::string::npos);
-  CmdResult slots = run(std::string(SHAREDFS_BIN) + " debug slots " + image_);
+  CmdResult slots = run_command(std::string(SHAREDFS_BIN) + " debug slots " + image_);
   EXPECT_EQ(slots.rc, 0) << slots.out;
-  CmdResult hb = run(std::string(SHAREDFS_BIN) + " debug heartbeats " + image_);
+  CmdResult hb = run_command(std::string(SHAREDFS_BIN) + " debug heartbeats " + image_);
   EXPECT_EQ(hb.rc, 0) << hb.out;
   EXPECT_NE(hb.out.find("idle"), std::string::npos);
 }

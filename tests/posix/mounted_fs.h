@@ -17,24 +17,9 @@
 #include <string>
 #include <thread>
 
+#include "common/test_util.h"
+
 namespace sharedfs::testing {
-
-struct CmdResult {
-  int rc = -1;
-  std::string out;
-};
-
-inline CmdResult run_cmd(const std::string& cmd) {
-  CmdResult r;
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  if (p == nullptr) return r;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int status = pclose(p);
-  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
 
 class MountedFs {
  public:
@@ -48,7 +33,7 @@ class MountedFs {
     mnt_ = (dir_ / "mnt").string();
     std::ofstream(image_).close();
     std::filesystem::resize_file(image_, image_bytes);
-    auto r = run_cmd(std::string(MKFS_BIN) + " --force " + mkfs_args + " " + image_);
+    auto r = run_command(std::string(MKFS_BIN) + " --force " + mkfs_args + " " + image_);
     EXPECT_EQ(r.rc, 0) << r.out;
   }
   ~MountedFs() {
@@ -93,13 +78,13 @@ class MountedFs {
   // Unmounts, waits for the daemon and checks the image. Returns fsck's exit code.
   int unmount() {
     if (pid_ <= 0) return -1;
-    CmdResult r;
+    CommandResult r;
     for (int i = 0; i < 50; ++i) {
-      r = run_cmd("fusermount3 -u " + mnt_);
+      r = run_command("fusermount3 -u " + mnt_);
       if (r.rc == 0) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
-    if (r.rc != 0) run_cmd("fusermount3 -u -z " + mnt_);
+    if (r.rc != 0) run_command("fusermount3 -u -z " + mnt_);
     int status = 0;
     bool exited = false;
     for (int i = 0; i < 300 && !exited; ++i) {
@@ -114,7 +99,7 @@ class MountedFs {
     pid_ = -1;
     EXPECT_TRUE(exited && WIFEXITED(status) && WEXITSTATUS(status) == 0)
         << "daemon exit status " << status;
-    auto fsck = run_cmd(std::string(FSCK_BIN) + " -n " + image_);
+    auto fsck = run_command(std::string(FSCK_BIN) + " -n " + image_);
     EXPECT_EQ(fsck.rc, 0) << fsck.out;
     return fsck.rc;
   }

@@ -25,7 +25,7 @@ namespace sharedfs {
 namespace {
 
 using testing::MountedFs;
-using testing::run_cmd;
+using testing::run_command;
 
 class PosixTest : public ::testing::Test {
  protected:
@@ -204,16 +204,16 @@ TEST_F(PosixTest, PermissionsAndAcls) {
   EXPECT_EQ(as_user([&] { return open(newfile.c_str(), O_CREAT | O_WRONLY, 0600) < 0 ? errno : 0; }),
             EACCES);
   // An ACL entry for user 1000 grants read.
-  auto r = run_cmd("setfacl -m u:1000:r " + secret);
+  auto r = run_command("setfacl -m u:1000:r " + secret);
   ASSERT_EQ(r.rc, 0) << r.out;
   EXPECT_EQ(as_user([&] { return open(secret.c_str(), O_RDONLY) < 0 ? errno : 0; }), 0);
   EXPECT_EQ(as_user([&] { return open(secret.c_str(), O_WRONLY) < 0 ? errno : 0; }), EACCES);
   // A default ACL on the directory reaches new files.
-  r = run_cmd("setfacl -m u:1000:rwx -d -m u:1000:rw " + p("priv"));
+  r = run_command("setfacl -m u:1000:rwx -d -m u:1000:rw " + p("priv"));
   ASSERT_EQ(r.rc, 0) << r.out;
   EXPECT_EQ(as_user([&] { return open(newfile.c_str(), O_CREAT | O_WRONLY, 0666) < 0 ? errno : 0; }),
             0);
-  r = run_cmd("getfacl -cn " + newfile);
+  r = run_command("getfacl -cn " + newfile);
   EXPECT_NE(r.out.find("user:1000:rw-"), std::string::npos) << r.out;
   // Sticky directory: others' files cannot be removed.
   ASSERT_EQ(mkdir(p("tmp").c_str(), 01777), 0);
@@ -343,10 +343,10 @@ TEST(MountBadInput, NotASharedfsDeviceIsRefusedClearly) {
   std::filesystem::create_directories(dir + "/mnt");
   std::ofstream(dir + "/junk.img").close();
   std::filesystem::resize_file(dir + "/junk.img", 64 << 20);
-  auto r = run_cmd(std::string(SHAREDFS_BIN) + " mount " + dir + "/junk.img " + dir + "/mnt");
+  auto r = run_command(std::string(SHAREDFS_BIN) + " mount " + dir + "/junk.img " + dir + "/mnt");
   EXPECT_EQ(r.rc, 1);
   EXPECT_NE(r.out.find("no sharedfs superblock"), std::string::npos) << r.out;
-  r = run_cmd(std::string(SHAREDFS_BIN) + " mount " + dir + "/missing.img " + dir + "/mnt");
+  r = run_command(std::string(SHAREDFS_BIN) + " mount " + dir + "/missing.img " + dir + "/mnt");
   EXPECT_EQ(r.rc, 1);
   EXPECT_NE(r.out.find("missing.img"), std::string::npos) << r.out;
   std::filesystem::remove_all(dir);
