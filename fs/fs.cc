@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 
 #include "fs/directory.h"
 #include "fs/extent_tree.h"
@@ -162,7 +163,7 @@ Status FileSystem::start() {
   tmo.max_clean_buffers = opts_.max_cached_blocks;
   tm_ = std::make_unique<journal::TransactionManager>(dev_, *journal_, bs_, tmo);
   ASSIGN_OR_RETURN(alloc_, allocator::Allocator::open(*tm_, sb_, slot));
-  RETURN_IF_ERROR(claim_slot());
+  RETURN_IF_ERROR(set_slot_in_use(true));
   RETURN_IF_ERROR(free_orphans_at_mount());
   RETURN_IF_ERROR(tm_->commit().status());
   RETURN_IF_ERROR(write_heartbeat(format::HeartbeatState::kMounted));
@@ -171,31 +172,23 @@ Status FileSystem::start() {
   return Status::ok();
 }
 
-Status FileSystem::claim_slot() {
+// Marks this node's slot in use (or free again) in the slot table, in the running
+// transaction, under the slot-table lock.
+Status FileSystem::set_slot_in_use(bool in_use) {
   ASSIGN_OR_RETURN(auto lock, locks_->lock({dlm::LockSpace::kSlotTable, 0}, dlm::LockMode::kEX));
   const uint64_t blk = sb_.geo.slot_table_blkno;
   ASSIGN_OR_RETURN(auto buf, tm_->read(blk));
   ASSIGN_OR_RETURN(auto table, format::SlotTable::decode(buf->data(), ctx(blk)));
   auto& e = table.slots.at(opts_.slot);
-  mount_generation_ = e.mount_generation + 1;
-  e.state = format::SlotState::kInUse;
-  e.node_id = opts_.node_id;
-  e.mount_generation = mount_generation_;
-  e.mounted_ns = detail::now_ns();
-  auto h = tm_->begin();
-  ++table.seq;
-  table.encode(buf->data(), ctx(blk));
-  h.dirty(buf);
-  return Status::ok();
-}
-
-Status FileSystem::release_slot() {
-  ASSIGN_OR_RETURN(auto lock, locks_->lock({dlm::LockSpace::kSlotTable, 0}, dlm::LockMode::kEX));
-  const uint64_t blk = sb_.geo.slot_table_blkno;
-  ASSIGN_OR_RETURN(auto buf, tm_->read(blk));
-  ASSIGN_OR_RETURN(auto table, format::SlotTable::decode(buf->data(), ctx(blk)));
-  auto& e = table.slots.at(opts_.slot);
-  e.state = format::SlotState::kFree;
+  if (in_use) {
+    mount_generation_ = e.mount_generation + 1;
+    e.state = format::SlotState::kInUse;
+    e.node_id = opts_.node_id;
+    e.mount_generation = mount_generation_;
+    e.mounted_ns = detail::now_ns();
+  } else {
+    e.state = format::SlotState::kFree;
+  }
   auto h = tm_->begin();
   ++table.seq;
   table.encode(buf->data(), ctx(blk));
@@ -266,7 +259,7 @@ Status FileSystem::unmount() {
     lookups_.clear();
   }
   for (Ino ino : known) RETURN_IF_ERROR(evict(ino));
-  RETURN_IF_ERROR(release_slot());
+  RETURN_IF_ERROR(set_slot_in_use(false));
   RETURN_IF_ERROR(tm_->commit().status());
   RETURN_IF_ERROR(journal_->close());
   RETURN_IF_ERROR(write_heartbeat(format::HeartbeatState::kIdle));
@@ -494,57 +487,60 @@ Status FileSystem::free_inode_blocks(journal::Handle& h, InodeRef& ref) {
 // the inode blocks, but they are covered by the orphan-list lock, not by the inodes' own
 // locks: an inode marked kOrphan is encoded only under that lock (store_orphan), with its
 // link taken from the in-memory chain, so two threads never write one block's link.
-Status FileSystem::orphan_add(journal::Handle& h, InodeRef& ref) {
+// Runs `change` on the slot's orphan list under the orphan-list lock and orphan_mu_, then
+// writes the list back in `h`.
+Status FileSystem::change_orphan_list(journal::Handle& h,
+                                      const std::function<Status(format::OrphanList&)>& change) {
   ASSIGN_OR_RETURN(auto lock, locks_->lock({dlm::LockSpace::kOrphanList, opts_.slot},
                                            dlm::LockMode::kEX));
   const uint64_t blk = sb_.geo.orphan_blkno(opts_.slot);
   ASSIGN_OR_RETURN(auto buf, tm_->read(blk));
   ASSIGN_OR_RETURN(auto list, format::OrphanList::decode(buf->data(), ctx(blk)));
   std::lock_guard mu(orphan_mu_);
-  const Ino old_head = list.head;
-  ref.inode.flags |= Inode::kOrphan;
-  orphan_next_[ref.ino] = old_head;
-  orphan_prev_[ref.ino] = 0;
-  if (old_head != 0) orphan_prev_[old_head] = ref.ino;
-  list.head = ref.ino;
-  ++list.count;
+  RETURN_IF_ERROR(change(list));
   ++list.seq;
   list.encode(buf->data(), ctx(blk));
   h.dirty(buf);
-  store_orphan_locked(h, ref);
   return Status::ok();
 }
 
+Status FileSystem::orphan_add(journal::Handle& h, InodeRef& ref) {
+  return change_orphan_list(h, [&](format::OrphanList& list) {
+    const Ino old_head = list.head;
+    ref.inode.flags |= Inode::kOrphan;
+    orphan_next_[ref.ino] = old_head;
+    orphan_prev_[ref.ino] = 0;
+    if (old_head != 0) orphan_prev_[old_head] = ref.ino;
+    list.head = ref.ino;
+    ++list.count;
+    store_orphan_locked(h, ref);
+    return Status::ok();
+  });
+}
+
 Status FileSystem::orphan_remove(journal::Handle& h, InodeRef& ref) {
-  ASSIGN_OR_RETURN(auto lock, locks_->lock({dlm::LockSpace::kOrphanList, opts_.slot},
-                                           dlm::LockMode::kEX));
-  const uint64_t blk = sb_.geo.orphan_blkno(opts_.slot);
-  ASSIGN_OR_RETURN(auto buf, tm_->read(blk));
-  ASSIGN_OR_RETURN(auto list, format::OrphanList::decode(buf->data(), ctx(blk)));
-  std::lock_guard mu(orphan_mu_);
-  auto pit = orphan_prev_.find(ref.ino);
-  SHAREDFS_CHECK(pit != orphan_prev_.end(), "orphan missing from the in-memory chain");
-  const Ino prev = pit->second;
-  const Ino next = orphan_next_.at(ref.ino);
-  if (prev == 0) {
-    list.head = next;
-  } else {
-    // The previous orphan's block is re-read under orphan_mu_, which every encode of an
-    // orphan holds, so this changes its link and nothing else.
-    orphan_next_[prev] = next;
-    ASSIGN_OR_RETURN(auto prev_ref, load(prev));
-    store_orphan_locked(h, prev_ref);
-  }
-  if (next != 0) orphan_prev_[next] = prev;
-  orphan_prev_.erase(pit);
-  orphan_next_.erase(ref.ino);
-  --list.count;
-  ++list.seq;
-  list.encode(buf->data(), ctx(blk));
-  h.dirty(buf);
-  ref.inode.flags &= ~Inode::kOrphan;
-  ref.inode.next_orphan = 0;
-  return Status::ok();
+  return change_orphan_list(h, [&](format::OrphanList& list) -> Status {
+    auto pit = orphan_prev_.find(ref.ino);
+    SHAREDFS_CHECK(pit != orphan_prev_.end(), "orphan missing from the in-memory chain");
+    const Ino prev = pit->second;
+    const Ino next = orphan_next_.at(ref.ino);
+    if (prev == 0) {
+      list.head = next;
+    } else {
+      // The previous orphan's block is re-read under orphan_mu_, which every encode of an
+      // orphan holds, so this changes its link and nothing else.
+      orphan_next_[prev] = next;
+      ASSIGN_OR_RETURN(auto prev_ref, load(prev));
+      store_orphan_locked(h, prev_ref);
+    }
+    if (next != 0) orphan_prev_[next] = prev;
+    orphan_prev_.erase(pit);
+    orphan_next_.erase(ref.ino);
+    --list.count;
+    ref.inode.flags &= ~Inode::kOrphan;
+    ref.inode.next_orphan = 0;
+    return Status::ok();
+  });
 }
 
 Status FileSystem::free_orphans_at_mount() {

@@ -31,6 +31,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -180,12 +181,10 @@ class FileSystem {
 
  private:
   struct InodeRef;
-  class Txn;
 
   FileSystem(device::BlockDevice& dev, const format::Superblock& sb, MountOptions opts);
   Status start();
-  Status claim_slot();
-  Status release_slot();
+  Status set_slot_in_use(bool in_use);
   Status free_orphans_at_mount();
   void background_loop();
   Status write_heartbeat(format::HeartbeatState state);
@@ -213,6 +212,8 @@ class FileSystem {
   // now if the kernel does not know it, else put it on the orphan list.
   Status drop_inode(journal::Handle& h, InodeRef& ref);
   Status free_inode_blocks(journal::Handle& h, InodeRef& ref);
+  Status change_orphan_list(journal::Handle& h,
+                            const std::function<Status(format::OrphanList&)>& change);
   Status orphan_add(journal::Handle& h, InodeRef& ref);
   Status orphan_remove(journal::Handle& h, InodeRef& ref);
   Status evict(Ino ino);
@@ -266,8 +267,5 @@ class FileSystem {
 };
 
 Result<format::Superblock> read_superblock(device::BlockDevice& dev);
-
-// "sharedfs mount" without a cluster: the POSIX error of a Status for FUSE replies.
-inline int errno_of(const Status& st) { return st.is_ok() ? 0 : st.to_errno(); }
 
 }  // namespace sharedfs::fs

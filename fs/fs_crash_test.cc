@@ -158,7 +158,6 @@ class CrashTest : public testing::FsTest {
     ASSERT_OK(fs_->unmount());
     fs_.reset();
   }
-  void TearDown() override { FsTest::TearDown(); }
 
   MountOptions quiet_options() const {
     MountOptions o = mount_options();

@@ -189,14 +189,12 @@ Result<size_t> FileSystem::write_once(Ino ino, uint64_t offset, std::span<const 
 }
 
 Status FileSystem::fsync(Ino ino, bool datasync) {
+  // Data is written through; what is left is the metadata of the running transaction. The
+  // journal has one running transaction for all inodes, so this commits it whole, like
+  // ext4's fsync. `ino` and `datasync` cannot narrow that down.
   (void)ino;
   (void)datasync;
-  // Data was written through; what is left is the metadata of the running transaction
-  // (and a flush for the data, which the commit's flush covers). The journal has one
-  // running transaction for all inodes, so this commits it whole, like ext4's fsync.
-  ASSIGN_OR_RETURN(uint64_t seq, tm_->commit());
-  (void)seq;
-  return dev_.flush();
+  return sync();
 }
 
 Status FileSystem::sync() {

@@ -27,10 +27,10 @@ inline std::string describe(const Tree& t) {
 // Walks the tree through readdir/lookup/read; any error is returned.
 inline Result<Tree> snapshot_tree(FileSystem& fs) {
   Tree out;
-  std::vector<std::pair<Ino, std::string>> todo{{fs.root(), ""}};
-  while (!todo.empty()) {
-    auto [dir, prefix] = todo.back();
-    todo.pop_back();
+  std::vector<std::pair<Ino, std::string>> pending{{fs.root(), ""}};
+  while (!pending.empty()) {
+    auto [dir, prefix] = pending.back();
+    pending.pop_back();
     uint64_t cookie = 0;
     for (;;) {
       ASSIGN_OR_RETURN(auto page, fs.readdir(dir, cookie, 64));
@@ -44,7 +44,7 @@ inline Result<Tree> snapshot_tree(FileSystem& fs) {
         TreeNode n;
         n.type = a.st.st_mode & S_IFMT;
         if (n.type == S_IFDIR) {
-          todo.push_back({a.ino, path});
+          pending.push_back({a.ino, path});
         } else if (n.type == S_IFLNK) {
           ASSIGN_OR_RETURN(n.contents, fs.readlink(a.ino));
         } else {
