@@ -79,12 +79,12 @@ done
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (loop devices, mounts, drop_caches)"
 [ -c /dev/fuse ] || die "/dev/fuse is missing"
-if ! command -v fio >/dev/null; then
-  log "installing fio"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fio >&2 || die "cannot install fio"
-fi
-for c in gcc pkg-config fusermount3 losetup mkfs.ext4 mountpoint findmnt truncate; do
-  command -v "$c" >/dev/null || die "$c is missing (bash scripts/main.sh installs the build dependencies)"
+# The project's package list (scripts/lib.sh) has everything this needs, fio included.
+# shellcheck source=../scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
+sharedfs_install_deps >&2 || die "cannot install the packages scripts/lib.sh lists"
+for c in gcc pkg-config fusermount3 losetup mkfs.ext4 mountpoint findmnt truncate fio; do
+  command -v "$c" >/dev/null || die "$c is missing"
 done
 pkg-config --exists fuse3 || die "fuse3 development files are missing (libfuse3-dev)"
 

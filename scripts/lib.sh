@@ -13,7 +13,7 @@ SHAREDFS_PACKAGES=(
   libcli11-dev libspdlog-dev libfmt-dev libtomlplusplus-dev
   libisal-dev libblkid-dev liburing-dev
   e2fsprogs xfsprogs btrfs-progs util-linux iproute2 clang-format
-  attr acl fio
+  attr acl fio mount procps
 )
 
 sharedfs_install_deps() {
