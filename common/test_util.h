@@ -5,9 +5,15 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <unistd.h>
+
 #include <array>
+#include <cstdint>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <string>
+#include <string_view>
 
 #include "common/status.h"
 
@@ -38,6 +44,23 @@ inline CommandResult run_command(const std::string& cmd) {
   const int status = pclose(p);
   r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
+}
+
+// A fresh directory of the running test's own, /var/tmp/sharedfs-<what>-<pid>-<test>: on a
+// real file system (O_DIRECT works there, unlike on tmpfs). The fixture removes it.
+inline std::filesystem::path scratch_dir(std::string_view what) {
+  const auto dir = std::filesystem::path("/var/tmp") /
+                   ("sharedfs-" + std::string(what) + "-" + std::to_string(getpid()) + "-" +
+                    ::testing::UnitTest::GetInstance()->current_test_info()->name());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+// Creates `path` (or cuts it back) as a sparse file of `bytes`.
+inline void make_sparse_file(const std::string& path, uint64_t bytes) {
+  std::ofstream(path).close();
+  std::filesystem::resize_file(path, bytes);
 }
 
 }  // namespace sharedfs::testing

@@ -72,11 +72,8 @@ Result<std::vector<DirEntry>> Directory::inline_entries() const {
 }
 
 Status Directory::store_inline(const std::vector<DirEntry>& entries) {
-  std::vector<std::byte> area(bytes_of(entries));
-  RETURN_IF_ERROR(format::encode_dir_entries(area, entries));
-  inode_.inline_data.resize(area.size());
-  std::memcpy(inode_.inline_data.data(), area.data(), area.size());
-  return Status::ok();
+  inode_.inline_data.resize(bytes_of(entries));
+  return format::encode_dir_entries(std::as_writable_bytes(std::span(inode_.inline_data)), entries);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -38,17 +38,12 @@ Result<std::vector<std::byte>> FileSystem::read(Ino ino, uint64_t offset, size_t
 Result<size_t> FileSystem::read_into(Ino ino, uint64_t offset, std::span<std::byte> out) {
   ASSIGN_OR_RETURN(auto lock, lock_inode(ino, dlm::LockMode::kPR));
   ASSIGN_OR_RETURN(auto ref, load(ino));
-  if (ref.is_dir()) return posix_error(EISDIR, "read of a directory");
+  // Regular files always map their data with extents (only directories and symlinks are
+  // inline), and only regular files are read through the file system.
+  if (!ref.is_reg()) return posix_error(ref.is_dir() ? EISDIR : EINVAL, "read of a non-file");
   const Inode& n = ref.inode;
   if (offset >= n.size || out.empty()) return size_t{0};
   const size_t total = static_cast<size_t>(std::min<uint64_t>(out.size(), n.size - offset));
-  if (n.flags & Inode::kInlineData) {
-    const size_t avail = n.inline_data.size() > offset ? n.inline_data.size() - offset : 0;
-    const size_t k = std::min(total, avail);
-    std::memcpy(out.data(), n.inline_data.data() + offset, k);
-    std::memset(out.data() + k, 0, total - k);
-    return total;
-  }
   ExtentTree t(*tm_, *alloc_, sb_, ino, ref.inode);
   size_t done = 0;
   device::AlignedBuffer buf;
@@ -205,7 +200,7 @@ Status FileSystem::sync() {
 // Writes zeros over [offset, offset + length) of the file's mapped, written blocks (used
 // for partial blocks around truncate and punch). length may not cross a block boundary.
 Status FileSystem::zero_range_on_device(InodeRef& ref, uint64_t offset, uint64_t length) {
-  if (length == 0 || (ref.inode.flags & Inode::kInlineData)) return Status::ok();
+  if (length == 0) return Status::ok();
   const uint64_t blk = offset / bs_;
   const uint64_t in_blk = offset % bs_;
   SHAREDFS_CHECK(in_blk + length <= bs_, "zero range crosses a block");
@@ -220,10 +215,6 @@ Status FileSystem::zero_range_on_device(InodeRef& ref, uint64_t offset, uint64_t
 
 Status FileSystem::truncate_blocks(journal::Handle& h, InodeRef& ref, uint64_t new_size) {
   Inode& n = ref.inode;
-  if (n.flags & Inode::kInlineData) {
-    if (n.inline_data.size() > new_size) n.inline_data.resize(new_size);
-    return Status::ok();
-  }
   // The tail of the new last block must read as zeros if the file grows again.
   if (new_size % bs_ != 0) {
     RETURN_IF_ERROR(zero_range_on_device(ref, new_size, bs_ - new_size % bs_));

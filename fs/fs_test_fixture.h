@@ -27,13 +27,9 @@ class ImageTest : public ::testing::Test {
   static constexpr uint64_t kMiB = 1 << 20;
 
   void SetUp() override {
-    dir_ = std::filesystem::path("/var/tmp") /
-           ("sharedfs-fs-test-" + std::to_string(getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::create_directories(dir_);
+    dir_ = sharedfs::testing::scratch_dir("fs-test");
     image_ = (dir_ / "disk.img").string();
-    std::ofstream(image_).close();
-    std::filesystem::resize_file(image_, image_bytes());
+    sharedfs::testing::make_sparse_file(image_, image_bytes());
     auto dev = device::open_file_device(image_, {});
     ASSERT_TRUE(dev.is_ok()) << dev.status().to_string();
     dev_ = std::move(dev->io);

@@ -220,9 +220,6 @@ Result<std::string> FileSystem::listxattr(Ino ino) {
 Status FileSystem::setxattr(Ino ino, std::string_view name, std::span<const uint8_t> value,
                             int flags) {
   RETURN_IF_ERROR(check_xattr_name(name));
-  if (value.size() > XattrBlock::area(bs_)) {
-    return posix_error(ENOSPC, fmt::format("xattr value of {} bytes", value.size()));
-  }
   {
     ASSIGN_OR_RETURN(auto lock, lock_inode(ino, dlm::LockMode::kEX));
     ASSIGN_OR_RETURN(auto ref, load(ino));

@@ -22,12 +22,9 @@ constexpr uint64_t kMiB = 1 << 20;
 class JournalTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::path("/var/tmp") / ("sharedfs-journal-test-" + std::to_string(getpid()) + "-" +
-                                   ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
+    dir_ = testing::scratch_dir("journal-test");
     image_ = (dir_ / "disk.img").string();
-    std::ofstream(image_).close();
-    fs::resize_file(image_, 64 * kMiB);
+    testing::make_sparse_file(image_, 64 * kMiB);
     dev_ = open_base();
     // The smallest journal (256 blocks) so tests wrap it quickly.
     auto sb = mkfs::make_filesystem(*dev_, {.slots = 2, .journal_bytes = kMiB});

@@ -40,7 +40,7 @@ class Checker {
       RETURN_IF_ERROR(check_ag(ag));
       if (opts_.progress) opts_.progress(ag + 1, g.ag_count);
     }
-    RETURN_IF_ERROR(check_tree());
+    if (opts_.walk_tree) RETURN_IF_ERROR(check_tree());
     if (opts_.repair && dirty_) RETURN_IF_ERROR(dev_.flush().with_context("flushing repairs"));
     report_.superblock = sb_;
     return std::move(report_);

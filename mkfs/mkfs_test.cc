@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <random>
 
+#include "common/test_util.h"
 #include "journal/journal.h"
 
 namespace sharedfs::mkfs {
@@ -19,20 +20,13 @@ constexpr uint64_t kMiB = 1 << 20;
 class MkfsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("sharedfs-mkfs-test-" + std::to_string(getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
+    dir_ = testing::scratch_dir("mkfs-test");
     image_ = (dir_ / "disk.img").string();
   }
   void TearDown() override { fs::remove_all(dir_); }
 
   device::OpenDevice open_image(uint64_t size) {
-    if (!fs::exists(image_)) {
-      FILE* f = fopen(image_.c_str(), "w");
-      fclose(f);
-      fs::resize_file(image_, size);
-    }
+    if (!fs::exists(image_)) testing::make_sparse_file(image_, size);
     auto dev = device::open_file_device(image_, {});
     EXPECT_TRUE(dev.is_ok()) << dev.status().to_string();
     return std::move(*dev);

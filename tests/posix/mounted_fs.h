@@ -23,16 +23,12 @@ namespace sharedfs::testing {
 
 class MountedFs {
  public:
-  explicit MountedFs(std::string name, uint64_t image_bytes = uint64_t{2} << 30,
-                     const std::string& mkfs_args = "")
-      : dir_(std::filesystem::path("/var/tmp") /
-             ("sharedfs-posix-" + std::to_string(getpid()) + "-" + name)) {
-    std::filesystem::remove_all(dir_);
+  explicit MountedFs(uint64_t image_bytes = uint64_t{2} << 30, const std::string& mkfs_args = "")
+      : dir_(scratch_dir("posix")) {
     std::filesystem::create_directories(dir_ / "mnt");
     image_ = (dir_ / "disk.img").string();
     mnt_ = (dir_ / "mnt").string();
-    std::ofstream(image_).close();
-    std::filesystem::resize_file(image_, image_bytes);
+    make_sparse_file(image_, image_bytes);
     auto r = run_command(std::string(MKFS_BIN) + " --force " + mkfs_args + " " + image_);
     EXPECT_EQ(r.rc, 0) << r.out;
   }

@@ -30,8 +30,8 @@ using testing::run_command;
 class PosixTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    m_ = std::make_unique<MountedFs>(::testing::UnitTest::GetInstance()->current_test_info()->name(),
-                                     image_bytes(), image_bytes() < (1 << 30) ? "--nodes 2 --journal-size 2M" : "");
+    m_ = std::make_unique<MountedFs>(
+        image_bytes(), image_bytes() < (1 << 30) ? "--nodes 2 --journal-size 2M" : "");
     ASSERT_TRUE(m_->mount());
   }
   void TearDown() override { m_.reset(); }
