@@ -3,11 +3,12 @@
 
 SHAREDFS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-# Debian 12 packages the build, the tests and the demo need.
+# Debian 12 packages the build, the tests and the demo need. libjson-c-dev and libssl-dev
+# because libnvme.pc requires json-c and openssl (checked on a debootstrap minbase).
 SHAREDFS_PACKAGES=(
   build-essential cmake pkg-config git
   libfuse3-dev fuse3
-  libnvme-dev libjson-c-dev
+  libnvme-dev libjson-c-dev libssl-dev
   libzmq3-dev cppzmq-dev
   libgtest-dev libgmock-dev
   libcli11-dev libspdlog-dev libfmt-dev libtomlplusplus-dev
