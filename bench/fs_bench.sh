@@ -5,7 +5,7 @@
 # the ratios sharedfs/ext4 and sharedfs/passthrough_ll. Markdown on stdout, progress on
 # stderr. Needs root (loop devices, mounts, drop_caches). See bench/README.md.
 #
-#   bash bench/fs_bench.sh [--size-gib N] [--quick] [--runs N] [--threads N]
+#   bash bench/fs_bench.sh [--size-gib N] [--quick] [--runs N] [--threads N] [--only GROUPS]
 #
 # SHAREDFS_BIN_DIR overrides where sharedfs and mkfs.sharedfs are taken from (build/bin);
 # SHAREDFS_MKFS_ARGS and SHAREDFS_MOUNT_ARGS add words to their command lines.
@@ -19,14 +19,17 @@ SIZE_GIB=8
 QUICK=0
 RUNS=""
 THREADS=1
+ONLY="seq,meta,small"
 
 usage() {
   cat <<EOF
-usage: bash bench/fs_bench.sh [--size-gib N] [--quick] [--runs N] [--threads N]
+usage: bash bench/fs_bench.sh [--size-gib N] [--quick] [--runs N] [--threads N] [--only GROUPS]
   --size-gib N  size of each image (sharedfs, ext4) in GiB; default 8
   --quick       smaller data sizes and one run, a few minutes in all
   --runs N      repetitions per row, median reported; default 3 (--quick: 1)
   --threads N   threads of the create/stat/small-read/unlink rows; default 1
+  --only GROUPS comma-separated row groups to run: seq (write, read, random read),
+                meta (create, stat, readdir, unlink), small (small-file read); default all
 EOF
 }
 
@@ -39,6 +42,8 @@ while [ $# -gt 0 ]; do
     --runs=*) RUNS="${1#*=}"; shift ;;
     --threads) THREADS="${2:-}"; shift 2 ;;
     --threads=*) THREADS="${1#*=}"; shift ;;
+    --only) ONLY="${2:-}"; shift 2 ;;
+    --only=*) ONLY="${1#*=}"; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
   esac
@@ -67,6 +72,12 @@ die() {
   echo "fs_bench: $*" >&2
   exit 1
 }
+
+for g in ${ONLY//,/ }; do
+  case "$g" in seq | meta | small) ;; *) die "--only: unknown group '$g' (seq, meta, small)" ;; esac
+done
+# wanted GROUP: whether --only lets GROUP run.
+wanted() { [[ ",$ONLY," == *",$1,"* ]]; }
 
 for v in SIZE_GIB RUNS THREADS; do
   [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "--$(echo "$v" | tr 'A-Z_' 'a-z-') wants a positive integer"
@@ -479,23 +490,33 @@ run_small() {
 }
 
 T_START=$(date +%s)
-log "sequential write, ${SEQ_MIB} MiB, $RUNS run(s)"
-run_row seqwrite
-for fs in "${FSLIST[@]}"; do
-  ok "$fs" && { ensure_seq_file "$fs" || warn "cannot write the sequential file on $fs"; }
-done
-log "sequential read, cold"
-run_row seqread
-log "random 4 KiB reads, cold, $RAND_JOBS threads"
-run_row randread
-for fs in "${FSLIST[@]}"; do
-  ok "$fs" && rm -f "$(seq_file "$fs")"
-done
-sync
-log "metadata: $NFILES files in one directory"
-run_meta
-log "small files: $NSMALL of 16-128 KiB"
-run_small
+ROWS=()
+if wanted seq; then
+  log "sequential write, ${SEQ_MIB} MiB, $RUNS run(s)"
+  run_row seqwrite
+  for fs in "${FSLIST[@]}"; do
+    ok "$fs" && { ensure_seq_file "$fs" || warn "cannot write the sequential file on $fs"; }
+  done
+  log "sequential read, cold"
+  run_row seqread
+  log "random 4 KiB reads, cold, $RAND_JOBS threads"
+  run_row randread
+  for fs in "${FSLIST[@]}"; do
+    ok "$fs" && rm -f "$(seq_file "$fs")"
+  done
+  sync
+  ROWS+=(seqwrite seqread randread)
+fi
+if wanted meta; then
+  log "metadata: $NFILES files in one directory"
+  run_meta
+  ROWS+=(create statcold statwarm readdir unlink)
+fi
+if wanted small; then
+  log "small files: $NSMALL of 16-128 KiB"
+  run_small
+  ROWS+=(smallfiles smallmb)
+fi
 T_END=$(date +%s)
 
 # ---------------------------------------------------------------- report
@@ -543,7 +564,6 @@ declare -A UNIT=(
   [seqwrite]="MB/s" [seqread]="MB/s" [randread]="IOPS" [create]="files/s" [statcold]="files/s"
   [statwarm]="files/s" [smallfiles]="files/s" [smallmb]="MB/s" [readdir]="entries/s" [unlink]="files/s"
 )
-ROWS=(seqwrite seqread randread create statcold statwarm smallfiles smallmb readdir unlink)
 
 storage="$(df -P /var/tmp | awk 'NR==2 {print $1}') ($(findmnt -rn -o FSTYPE --target /var/tmp))"
 echo "## sharedfs single-node benchmark"

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cassert>
 #include <cstring>
 
 #include "fs/extent_tree.h"
@@ -26,6 +27,20 @@ using format::Inode;
 namespace {
 // The largest run of blocks one device I/O moves.
 constexpr uint64_t kMaxRunBytes = 1 << 20;
+
+// Direct I/O wants aligned memory. Each thread keeps one bounce buffer of the largest run:
+// allocating (and so zeroing and faulting in) a fresh megabyte per request cost more than
+// the device read it served.
+std::span<std::byte> bounce_buffer(size_t bytes) {
+  assert(bytes <= kMaxRunBytes);
+  thread_local device::AlignedBuffer buf;
+  if (buf.size() < kMaxRunBytes) buf = device::AlignedBuffer(kMaxRunBytes);
+  return {buf.data(), bytes};
+}
+
+bool io_aligned(const std::byte* p) {
+  return reinterpret_cast<uintptr_t>(p) % device::kIoAlignment == 0;
+}
 }  // namespace
 
 Result<std::vector<std::byte>> FileSystem::read(Ino ino, uint64_t offset, size_t size) {
@@ -46,22 +61,27 @@ Result<size_t> FileSystem::read_into(Ino ino, uint64_t offset, std::span<std::by
   const size_t total = static_cast<size_t>(std::min<uint64_t>(out.size(), n.size - offset));
   ExtentTree t(*tm_, *alloc_, sb_, ino, ref.inode);
   size_t done = 0;
-  device::AlignedBuffer buf;
   while (done < total) {
     const uint64_t pos = offset + done;
     const uint64_t blk = pos / bs_;
     const uint64_t in_blk = pos % bs_;
     ASSIGN_OR_RETURN(auto m, t.lookup(blk));
     const uint64_t want_blocks = (in_blk + (total - done) + bs_ - 1) / bs_;
-    const uint64_t run = std::min({m.length, want_blocks, kMaxRunBytes / bs_});
-    const size_t k = static_cast<size_t>(std::min<uint64_t>(run * bs_ - in_blk, total - done));
+    uint64_t run = std::min({m.length, want_blocks, kMaxRunBytes / bs_});
+    size_t k = static_cast<size_t>(std::min<uint64_t>(run * bs_ - in_blk, total - done));
+    std::byte* dst = out.data() + done;
     if (m.is_hole() || m.unwritten) {
-      std::memset(out.data() + done, 0, k);
+      std::memset(dst, 0, k);
+    } else if (in_blk == 0 && k >= bs_ && io_aligned(dst)) {
+      // Whole blocks straight into the caller's buffer; a partial last block comes next
+      // through the bounce buffer.
+      run = k / bs_;
+      k = static_cast<size_t>(run * bs_);
+      RETURN_IF_ERROR(dev_.read(m.physical * bs_, std::span<std::byte>(dst, k)));
     } else {
-      if (buf.size() < run * bs_) buf = device::AlignedBuffer(kMaxRunBytes);
-      auto span = std::span<std::byte>(buf.data(), run * bs_);
+      auto span = bounce_buffer(run * bs_);
       RETURN_IF_ERROR(dev_.read(m.physical * bs_, span));
-      std::memcpy(out.data() + done, span.data() + in_blk, k);
+      std::memcpy(dst, span.data() + in_blk, k);
     }
     done += k;
   }
@@ -96,7 +116,6 @@ Result<size_t> FileSystem::write_once(Ino ino, uint64_t offset, std::span<const 
     Inode& n = ref.inode;
     auto h = tm_->begin();
     ExtentTree t(*tm_, *alloc_, sb_, ino, n);
-    device::AlignedBuffer buf(kMaxRunBytes);
     uint64_t goal = 0;  // device block after the previous run: keeps files contiguous
     while (done < data.size()) {
       const uint64_t pos = offset + done;
@@ -135,7 +154,7 @@ Result<size_t> FileSystem::write_once(Ino ino, uint64_t offset, std::span<const 
         fresh = m->unwritten;
       }
       const size_t k = static_cast<size_t>(std::min<uint64_t>(run * bs_ - in_blk, left));
-      auto span = std::span<std::byte>(buf.data(), run * bs_);
+      auto span = bounce_buffer(run * bs_);
       const bool head_partial = in_blk != 0;
       const bool tail_partial = (in_blk + k) % bs_ != 0;
       Status io;

@@ -41,6 +41,8 @@ Result<ParsedOptions> parse_options(const MountArgs& args) {
           p.fuse.entry_timeout_s = std::stod(val);
         } else if (key == "attr_timeout") {
           p.fuse.attr_timeout_s = std::stod(val);
+        } else if (key == "read_ahead_kb") {
+          p.fuse.read_ahead_kb = static_cast<unsigned>(std::stoul(val));
         } else if (key == "threads") {
           p.fuse.max_threads = static_cast<unsigned>(std::stoul(val));
         } else if (key == "commit") {

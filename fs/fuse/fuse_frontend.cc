@@ -5,9 +5,16 @@
 #include <fuse3/fuse_lowlevel.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <csignal>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <functional>
+#include <mutex>
+#include <sstream>
+
+#include "device/device.h"
 
 namespace sharedfs::fs::fuse {
 namespace {
@@ -15,6 +22,9 @@ namespace {
 struct Context {
   FileSystem* fs;
   FuseOptions opts;
+  std::once_flag read_ahead_set;
+  // The kernel opens files without asking us (FUSE_CAP_NO_OPEN_SUPPORT): set at INIT.
+  bool zero_message_open = false;
 };
 
 Context& ctx_of(fuse_req_t req) { return *static_cast<Context*>(fuse_req_userdata(req)); }
@@ -65,6 +75,66 @@ void reply_attr(fuse_req_t req, const Result<Attr>& a) {
   fuse_reply_attr(req, &st, ctx_of(req).opts.attr_timeout_s);
 }
 
+// Mount points in /proc/self/mountinfo escape space, tab, newline and backslash as \ooo.
+std::string unescape_mountinfo(std::string_view s) {
+  auto is_octal = [](char c) { return c >= '0' && c <= '7'; };
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && i + 3 < s.size() && is_octal(s[i + 1]) && is_octal(s[i + 2]) &&
+        is_octal(s[i + 3])) {
+      out.push_back(static_cast<char>((s[i + 1] - '0') * 64 + (s[i + 2] - '0') * 8 + (s[i + 3] - '0')));
+      i += 3;
+    } else {
+      out.push_back(s[i]);
+    }
+  }
+  return out;
+}
+
+// The kernel's "major:minor" of the FUSE mount at `mountpoint` (the newest one there), read
+// from /proc/self/mountinfo: a stat() of the mount point would itself wait on this daemon.
+Result<std::string> fuse_mount_device(const std::string& mountpoint) {
+  std::ifstream in("/proc/self/mountinfo");
+  if (!in) return make_status(Code::kIoError, "cannot read /proc/self/mountinfo");
+  std::string line, found;
+  while (std::getline(in, line)) {
+    // id parent major:minor root mountpoint options [optional...] - fstype source super
+    std::istringstream ls(line);
+    std::string id, parent, dev, root, mnt, field;
+    if (!(ls >> id >> parent >> dev >> root >> mnt)) continue;
+    while (ls >> field && field != "-") {
+    }
+    std::string fstype;
+    if (!(ls >> fstype) || !fstype.starts_with("fuse")) continue;
+    if (unescape_mountinfo(mnt) == mountpoint) found = dev;
+  }
+  if (found.empty()) return make_status(Code::kNotFound, "no FUSE mount on {} in mountinfo", mountpoint);
+  return found;
+}
+
+// Sets the mount's read-ahead once the kernel has taken INIT's answer (which would lower
+// it again): the first LOOKUP or GETATTR comes after that, and before any file is opened.
+void set_read_ahead_once(fuse_req_t req) {
+  Context& c = ctx_of(req);
+  if (c.opts.read_ahead_kb == 0) return;
+  std::call_once(c.read_ahead_set, [&c] {
+    auto dev = fuse_mount_device(c.opts.mountpoint);
+    if (!dev) {
+      spdlog::warn("read-ahead left at the kernel default: {}", dev.status().to_string());
+      return;
+    }
+    const std::string path = fmt::format("/sys/class/bdi/{}/read_ahead_kb", *dev);
+    std::ofstream out(path);
+    out << c.opts.read_ahead_kb << '\n';
+    out.flush();
+    if (!out) {
+      spdlog::warn("read-ahead left at the kernel default: cannot write {}", path);
+    } else {
+      spdlog::debug("read-ahead {} KiB ({})", c.opts.read_ahead_kb, path);
+    }
+  });
+}
+
 // --- operations --------------------------------------------------------------------------
 
 void op_init(void* userdata, fuse_conn_info* conn) {
@@ -73,7 +143,17 @@ void op_init(void* userdata, fuse_conn_info* conn) {
     if (conn->capable & cap) conn->want |= cap;
   };
   want(FUSE_CAP_ASYNC_READ);
-  want(FUSE_CAP_ATOMIC_O_TRUNC);
+  // Opens need nothing from us: unlinked-but-open files live by the kernel's lookup
+  // references, not by open handles, and the page cache is kept across opens. So the
+  // first OPEN answers ENOSYS and the kernel stops sending OPEN and RELEASE — two fewer
+  // messages per file, which is most of what reading many small files costs. O_TRUNC then
+  // comes as a SETATTR before the open instead of with it (no ATOMIC_O_TRUNC).
+  c->zero_message_open = (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) != 0;
+  if (c->zero_message_open) {
+    conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
+  } else {
+    want(FUSE_CAP_ATOMIC_O_TRUNC);
+  }
   want(FUSE_CAP_READDIRPLUS);
   want(FUSE_CAP_READDIRPLUS_AUTO);
   want(FUSE_CAP_PARALLEL_DIROPS);
@@ -88,6 +168,7 @@ void op_init(void* userdata, fuse_conn_info* conn) {
 }
 
 void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  set_read_ahead_once(req);
   auto a = fs_of(req).lookup(to_fs(req, parent), name);
   if (!a && a.status().to_errno() == ENOENT) {
     // A negative entry: the kernel may remember the name is absent.
@@ -110,6 +191,7 @@ void op_forget_multi(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
 }
 
 void op_getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+  set_read_ahead_once(req);
   reply_attr(req, fs_of(req).getattr(to_fs(req, ino)));
 }
 
@@ -171,6 +253,10 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     auto a = fs_of(req).setattr(to_fs(req, ino), c, caller_of(req));
     if (!a) return reply_status(req, a.status());
   }
+  if (ctx_of(req).zero_message_open) {
+    fuse_reply_err(req, ENOSYS);  // success, and no more OPENs (the kernel keeps the cache)
+    return;
+  }
   // Nobody else changes the file behind this node's back while it holds its locks: the
   // page cache stays valid across opens.
   fi->keep_cache = 1;
@@ -188,8 +274,9 @@ void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
 }
 
 void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
-  thread_local std::vector<std::byte> buf;
-  if (buf.size() < size) buf.resize(size);
+  // Aligned, so that whole blocks go from the device straight into it (direct I/O).
+  thread_local device::AlignedBuffer buf;
+  if (buf.size() < size) buf = device::AlignedBuffer(std::max<size_t>(size, 1 << 20));
   auto n = fs_of(req).read_into(to_fs(req, ino), static_cast<uint64_t>(off),
                                 std::span<std::byte>(buf.data(), size));
   if (!n) return reply_status(req, n.status());
@@ -204,8 +291,6 @@ void op_write(fuse_req_t req, fuse_ino_t ino, const char* data, size_t size, off
   fuse_reply_write(req, *n);
 }
 
-void op_flush(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
-void op_release(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
 
 void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info*) {
   reply_status(req, fs_of(req).fsync(to_fs(req, ino), datasync != 0));
@@ -356,8 +441,8 @@ fuse_lowlevel_ops make_ops() {
   ops.create = op_create;
   ops.read = op_read;
   ops.write = op_write;
-  ops.flush = op_flush;
-  ops.release = op_release;
+  // No flush: data is written through, so close has nothing to wait for; the first FLUSH
+  // answers ENOSYS and the kernel sends no more. No release: opens hold nothing here.
   ops.fsync = op_fsync;
   ops.opendir = op_opendir;
   ops.readdir = op_readdir;
@@ -377,7 +462,12 @@ fuse_lowlevel_ops make_ops() {
 }  // namespace
 
 Status serve(FileSystem& fs, const FuseOptions& opts, const std::function<void()>& on_mounted) {
-  Context context{&fs, opts};
+  Context context{&fs, opts, {}};
+  // mountinfo names the mount point by its canonical path.
+  if (char* real = ::realpath(opts.mountpoint.c_str(), nullptr)) {
+    context.opts.mountpoint = real;
+    std::free(real);
+  }
   std::vector<std::string> argv_s{"sharedfs"};
   std::string o = "default_permissions,subtype=sharedfs";
   if (!opts.fsname.empty()) o += ",fsname=" + opts.fsname;
