@@ -163,7 +163,14 @@ Result<std::optional<ExtentTree::Split>> ExtentTree::insert_into(journal::Handle
       n.entries.erase(pos);
     }
   } else {
-    const size_t i = route(n, e.logical);
+    size_t i = route(n, e.logical);
+    // An extent filling a punched hole may run past the next entry's key, and lookups route
+    // the blocks from that key on to the next child. Such an extent goes to the next child
+    // instead, with the key lowered to its start: this child holds nothing at or above
+    // e.logical (those blocks are unmapped up to the key, and it holds none beyond), and
+    // the next child's first mapped block lies past the extent's end (so it crosses no
+    // further key).
+    if (i + 1 < n.entries.size() && end_of(e) > n.entries[i + 1].logical) ++i;
     ASSIGN_OR_RETURN(Node child, load(n.entries[i].physical, n.depth - 1));
     ASSIGN_OR_RETURN(auto split, insert_into(h, child, e));
     n.entries[i].logical = std::min(n.entries[i].logical, e.logical);

@@ -5,7 +5,8 @@
 // by logical block and never overlapping; index levels hold (first logical block, child
 // block) entries. Routing takes the last index entry whose key is <= the block sought
 // (entry 0 when none is): keys are lowered when a smaller block is inserted and never
-// raised, which keeps every child's blocks below the next entry's key.
+// raised, which keeps every child's blocks below the next entry's key; an extent that would
+// cross the next key (refilling a punched hole) goes to the next child, whose key is lowered.
 //
 // Concurrency and ownership: an ExtentTree is a short-lived view over one inode, built by
 // the caller that holds the inode's lock (PR for lookups, EX for changes) and the decoded

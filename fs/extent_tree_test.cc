@@ -126,6 +126,31 @@ TEST_F(ExtentTreeTest, RemovingEverythingFreesTreeBlocksAndShrinks) {
   EXPECT_EQ(alloc_->usage().free_blocks, baseline_free_);
 }
 
+// A hole punched across the boundary between two subtrees, then filled by one extent:
+// the part past the next index key must still be found (routing sends those blocks to
+// the right-hand subtree).
+TEST_F(ExtentTreeTest, RefillingAHoleAcrossASubtreeBoundaryKeepsEveryBlockFindable) {
+  for (uint64_t i = 0; i < 3000; ++i) insert(i * 2, 1);
+  ASSERT_GE(inode_.extent_depth, 1);
+  ASSERT_GE(inode_.extent_root.size(), 2u);
+  const uint64_t key = inode_.extent_root[1].logical;  // first block of the second subtree
+  ASSERT_GE(key, 40u);
+  remove(key - 40, key + 40);
+  journal::Handle h = tm_->begin();
+  ASSERT_OK(tree().insert(h, Extent{key - 40, kFakeData + 1'000'000, 80, 0}));
+  for (uint64_t b = key - 40; b < key + 40; ++b) {
+    auto m = tree().lookup(b);
+    ASSERT_OK(m);
+    EXPECT_EQ(m->physical, kFakeData + 1'000'000 + (b - (key - 40))) << "block " << b;
+  }
+  // Blocks on either side are as before.
+  EXPECT_EQ(tree().lookup(key - 42)->physical, kFakeData + key - 42);
+  EXPECT_EQ(tree().lookup(key + 40)->physical, kFakeData + key + 40);
+  auto all = tree().extents(0, 6000);
+  ASSERT_OK(all);
+  EXPECT_EQ(all->size(), 3000u - 40u + 1u);
+}
+
 // Random inserts and punches against a model, checked block by block.
 TEST_F(ExtentTreeTest, MatchesAModelUnderRandomInsertsAndPunches) {
   std::mt19937_64 rng(1234);
