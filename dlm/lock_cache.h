@@ -1,0 +1,75 @@
+// dlm/lock_cache.h — lock caching for the file system (DESIGN.md §4): a node takes each
+// resource's DLM lock once, keeps it after its users are done, and gives it up only when a
+// blocking callback says another node waits, after the caller's flush hook has written
+// back and dropped what the lock covers. A node that alone uses a resource sends nothing
+// after the first grant.
+//
+// The cache holds the node-level lock; exclusion between the threads of one node is the
+// caller's (a local reader-writer lock per resource). A user must not wait for a stronger
+// mode while it holds the same resource: the lock cannot be given up under it.
+//
+// Thread-safety: as LockManager, whose calls it makes: the owner serializes all calls.
+// Callbacks (completions, the flush hook) run on the caller's thread.
+#pragma once
+
+#include <deque>
+#include <functional>
+#include <map>
+#include <optional>
+
+#include "dlm/lock_manager.h"
+
+namespace sharedfs::dlm {
+
+class LockCache {
+ public:
+  // Before a cached lock goes down to `new_mode` (NL, or PR from EX when a reader waits):
+  // commit, write back and invalidate what the lock covers, then call `done` (at once or
+  // later). While the hook runs, new users of the resource wait.
+  using FlushHook =
+      std::function<void(const ResourceName& name, LockMode new_mode, std::function<void()> done)>;
+  using Done = std::function<void(const Status&)>;
+
+  LockCache(LockManager& manager, FlushHook flush);
+  LockCache(const LockCache&) = delete;
+  LockCache& operator=(const LockCache&) = delete;
+
+  // `done` runs once the node holds `name` in at least `mode` for one more user: at once,
+  // without a message, when the cached lock is strong enough and nobody waits for it.
+  void acquire(const ResourceName& name, LockMode mode, Done done);
+  // One user is done. The lock stays cached.
+  void release(const ResourceName& name);
+
+  // The mode the node holds `name` in, nullopt when not cached.
+  std::optional<LockMode> cached_mode(const ResourceName& name) const;
+  int users(const ResourceName& name) const;
+  // The LockManager's id of the cached lock (to read or set its value block).
+  std::optional<LockId> lock_id(const ResourceName& name) const;
+
+ private:
+  struct Waiter {
+    LockMode mode;
+    Done done;
+  };
+  struct Entry {
+    std::optional<LockId> id;
+    std::optional<LockMode> granted;
+    int users = 0;
+    bool busy = false;  // a request or the flush hook is in progress
+    // The strongest mode another node waits for since we last gave up: do not hand the
+    // lock to new users, give it up when the current ones are done.
+    std::optional<LockMode> blocked;
+    // An up-convert was cancelled (conversion deadlock): retry after we gave up.
+    bool stalled = false;
+    std::deque<Waiter> waiters;
+  };
+
+  void pump(const ResourceName& name);
+  void on_blocking(const ResourceName& name, LockMode waiting);
+
+  LockManager& manager_;
+  FlushHook flush_;
+  std::map<ResourceName, Entry> entries_;
+};
+
+}  // namespace sharedfs::dlm
