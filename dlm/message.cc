@@ -332,6 +332,15 @@ std::vector<std::byte> MessageCodec::encode(const Message& m) const {
   return out;
 }
 
+std::vector<std::byte> MessageCodec::seal(std::span<const std::byte> header_and_body) const {
+  std::vector<std::byte> out(header_and_body.begin(), header_and_body.end());
+  uint8_t tag[kMacSize];
+  mac(header_and_body, tag);
+  const auto* t = reinterpret_cast<const std::byte*>(tag);
+  out.insert(out.end(), t, t + kMacSize);
+  return out;
+}
+
 Result<Message> MessageCodec::decode(std::span<const std::byte> bytes) const {
   if (bytes.size() < kHeaderSize + kMacSize) {
     return make_status(Code::kCorruption, "dlm message of {} bytes is shorter than a header",
