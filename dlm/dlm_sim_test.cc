@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "dlm/lock_cache.h"
 #include "dlm/lock_manager.h"
 
 namespace sharedfs::dlm {
@@ -58,7 +59,7 @@ struct User {
 struct Coverage {
   uint64_t grants = 0, valid_lvb_reads = 0, invalid_lvb_reads = 0, crashes = 0, joins = 0,
            epochs = 0, blocking_callbacks = 0, busy = 0, cached_reuses = 0, retransmits = 0,
-           rejected_messages = 0, held_waits = 0;
+           rejected_messages = 0, flushes = 0;
 };
 
 class Sim;
@@ -73,12 +74,24 @@ class SimTransport final : public Transport {
   NodeId from_;
 };
 
+// A user of the node's LockCache: what the file system will be.
+struct CacheUser {
+  enum class State { kIdle, kWaiting, kHolding } state = State::kIdle;
+  size_t res = 0;
+  LockMode mode = LockMode::kNL;
+  uint64_t token = 0;
+};
+
 struct Node {
   Member member;
   bool alive = false;
   std::unique_ptr<SimTransport> transport;
   std::unique_ptr<LockManager> lm;
+  std::unique_ptr<LockCache> cache;  // destroyed before lm
   std::vector<User> users;
+  CacheUser cache_user;
+  std::set<size_t> dirty;      // resources whose cached EX copy was changed, not written back
+  int flushes = 0;             // flush hooks not finished yet
   uint64_t last_admin_at = 0;  // membership and replay calls reach a node in order
 };
 
@@ -211,8 +224,16 @@ class Sim {
     n.lm = std::make_unique<LockManager>(
         LockManagerOptions{n.member, "sim-secret", n.transport.get(), 40});
     n.users.assign(users_per_node_, User{});
+    n.cache_user = CacheUser{};
+    n.dirty.clear();
+    n.flushes = 0;
     n.last_admin_at = now_;
     const Member m = n.member;
+    n.cache = std::make_unique<LockCache>(
+        *n.lm, [this, m](const ResourceName& name, LockMode to, std::function<void()> done) {
+          on_flush(m, name, to, std::move(done));
+        });
+    schedule_cache_user(m, rng_.below(10));
     trace("node {} starts", m.to_string());
     tick_loop(m);
     return m;
@@ -284,6 +305,15 @@ class Sim {
     const Member dead = n.member;
     trace("node {} crashes", dead.to_string());
     n.alive = false;
+    // A lock cached in EX (in use or not) is an EX hold that dies with the node.
+    for (size_t r = 0; r < resources_; ++r) {
+      const auto id = n.cache->lock_id(name_of(r));
+      if (id && n.lm->granted_mode(*id) == LockMode::kEX) {
+        truth_[r].must_be_invalid = true;
+        truth_[r].awaiting_replay.insert(dead);
+      }
+    }
+    n.cache.reset();
     cov_.retransmits += n.lm->stats().retransmitted;
     cov_.rejected_messages += n.lm->stats().dropped_malformed;
     ++cov_.crashes;
@@ -574,6 +604,112 @@ class Sim {
               "convert call");
   }
 
+  // --- the LockCache user ---
+
+  static uint64_t cache_holder_id(const Member& m) { return (1ull << 63) | m.id.value; }
+
+  void schedule_cache_user(Member m, uint64_t delay) {
+    at(now_ + delay, [this, m] {
+      if (Node* n = live(m)) cache_user_step(*n);
+    });
+  }
+
+  void cache_user_step(Node& n) {
+    CacheUser& cu = n.cache_user;
+    const Member m = n.member;
+    if (cu.state == CacheUser::State::kHolding) {  // end of use
+      std::erase_if(truth_[cu.res].holders,
+                    [&](const Holder& h) { return h.owner == m && h.lock == cache_holder_id(m); });
+      cu.state = CacheUser::State::kIdle;
+      trace("{} cache release r{}", m.to_string(), cu.res);
+      n.cache->release(name_of(cu.res));
+      schedule_cache_user(m, 1 + rng_.below(10));
+      return;
+    }
+    if (cu.state != CacheUser::State::kIdle || quiet_ || ops_left_ <= 0) return;
+    --ops_left_;
+    cu.res = rng_.below(resources_);
+    cu.mode = random_mode();
+    cu.token = ++tokens_;
+    cu.state = CacheUser::State::kWaiting;
+    requests_[cu.token] = Request{m, 0};
+    trace("{} cache acquire r{} {}", m.to_string(), cu.res, lock_mode_name(cu.mode));
+    n.cache->acquire(name_of(cu.res), cu.mode, [this, m, token = cu.token](const Status& s) {
+      if (++requests_[token].completions > 1) fail("cache acquire completed twice");
+      Node* node = live(m);
+      if (node == nullptr) return;
+      expect_ok(s, "cache acquire");
+      cache_granted(*node);
+    });
+  }
+
+  void cache_granted(Node& n) {
+    CacheUser& cu = n.cache_user;
+    const Member m = n.member;
+    Truth& t = truth_[cu.res];
+    const auto id = n.cache->lock_id(name_of(cu.res));
+    const auto node_mode = id ? n.lm->granted_mode(*id) : std::nullopt;
+    trace("{} cache granted r{} {}", m.to_string(), cu.res, lock_mode_name(cu.mode));
+    if (!node_mode || *node_mode < cu.mode) fail("cache granted more than the node holds");
+    for (const Holder& h : t.holders) {
+      if (!compatible(h.mode, cu.mode)) {
+        fail(fmt::format("r{}: cache of {} granted {} while {} holds {}", cu.res, m.to_string(),
+                         lock_mode_name(cu.mode), h.owner.to_string(), lock_mode_name(h.mode)));
+      }
+    }
+    if (cu.mode >= LockMode::kPR && !t.awaiting_replay.empty()) {
+      fail(fmt::format("r{}: cache granted before a replay", cu.res));
+    }
+    if (cu.mode >= LockMode::kPR && id && !n.dirty.contains(cu.res)) {
+      auto lvb = n.lm->value_block(*id);
+      if (lvb.is_ok() && lvb->valid &&
+          (t.must_be_invalid || !t.written_valid || lvb->bytes != t.written)) {
+        fail(fmt::format("r{}: cached value block is not the last one written", cu.res));
+      }
+    }
+    t.holders.push_back(Holder{m, cache_holder_id(m), cu.mode});
+    cu.state = CacheUser::State::kHolding;
+    ++cov_.grants;
+    if (cu.mode == LockMode::kEX && rng_.chance(0.7)) {
+      std::array<uint8_t, kLvbSize> v{};
+      const uint64_t stamp = ++lvb_stamps_;
+      std::memcpy(v.data(), &stamp, sizeof(stamp));
+      expect_ok(n.lm->set_value_block(*id, v), "set_value_block (cache)");
+      n.dirty.insert(cu.res);
+    }
+    schedule_cache_user(m, 1 + rng_.below(30));
+  }
+
+  // The file system's flush: finishes later; nobody on this node may use the lock now.
+  void on_flush(Member m, const ResourceName& name, LockMode to, std::function<void()> done) {
+    Node* n = live(m);
+    if (n == nullptr) return;
+    const size_t r = name.id;
+    const CacheUser& cu = n->cache_user;
+    if (cu.state == CacheUser::State::kHolding && cu.res == r) {
+      fail(fmt::format("r{}: flush of {} while its cache user holds it", r, m.to_string()));
+    }
+    ++cov_.flushes;
+    ++n->flushes;
+    trace("{} flush r{} to {}", m.to_string(), r, lock_mode_name(to));
+    at(now_ + rng_.below(20), [this, m, r, done = std::move(done)] {
+      Node* node = live(m);
+      if (node == nullptr) return;
+      --node->flushes;
+      // Leaving EX writes the copy back: record it as the last value written.
+      const auto id = node->cache->lock_id(name_of(r));
+      if (id && node->lm->granted_mode(*id) == LockMode::kEX) {
+        auto lvb = node->lm->value_block(*id);
+        Truth& t = truth_[r];
+        t.written = lvb->bytes;
+        t.written_valid = lvb->valid;
+        if (lvb->valid) t.must_be_invalid = false;
+        node->dirty.erase(r);
+      }
+      done();
+    });
+  }
+
   // --- quiet phase ---
 
   void begin_quiet() {
@@ -595,6 +731,7 @@ class Sim {
       for (const User& u : n.users) {
         if (u.state == UserState::kWaiting || u.state == UserState::kReleasing) return false;
       }
+      if (n.cache_user.state == CacheUser::State::kWaiting || n.flushes > 0) return false;
     }
     return true;
   }
@@ -681,10 +818,10 @@ TEST_P(DlmSim, RandomSchedulesKeepTheInvariants) {
   fmt::print(
       "seeds {}..{}: {} grants ({} valid / {} invalid value blocks), {} crashes, {} joins, "
       "{} epochs, {} blocking callbacks, {} busy, {} cached re-locks, {} retransmissions, "
-      "{} rejected messages\n",
+      "{} rejected messages, {} cache flushes\n",
       first, first + count - 1, cov.grants, cov.valid_lvb_reads, cov.invalid_lvb_reads, cov.crashes,
       cov.joins, cov.epochs, cov.blocking_callbacks, cov.busy, cov.cached_reuses, cov.retransmits,
-      cov.rejected_messages);
+      cov.rejected_messages, cov.flushes);
   if (count > 1) {
     EXPECT_GT(cov.crashes, 0u);
     EXPECT_GT(cov.joins, 0u);
@@ -692,6 +829,7 @@ TEST_P(DlmSim, RandomSchedulesKeepTheInvariants) {
     EXPECT_GT(cov.blocking_callbacks, 0u);
     EXPECT_GT(cov.retransmits, 0u);
     EXPECT_GT(cov.rejected_messages, 0u);
+    EXPECT_GT(cov.flushes, 0u);
   }
 }
 
