@@ -14,19 +14,20 @@ Result<std::unique_ptr<ClusterLockService>> ClusterLockService::start(DlmNodeOpt
                                                                       FlushHook flush) {
   std::unique_ptr<ClusterLockService> svc(new ClusterLockService());
   svc->flush_ = std::move(flush);
-  svc->local_ = make_local_lock_service();
   svc->flusher_ = std::thread([s = svc.get()] { s->flusher(); });
   ClusterLockService* self = svc.get();
-  auto node = DlmNode::start(std::move(options), [self](const ResourceName& name, LockMode new_mode,
-                                                        std::function<void()> done) {
-    // On the driver thread: hand the flush over, come back through post().
-    std::lock_guard lock(self->mu_);
-    self->flushes_.push_back([self, name, new_mode, done = std::move(done)] {
-      if (self->flush_) self->flush_(lock_name_of(name), new_mode);
-      self->node_->post([done](LockManager&, LockCache&) { done(); });
-    });
-    self->cv_.notify_one();
-  });
+  auto node = DlmNode::start(
+      std::move(options),
+      [self](const ResourceName& name, LockMode new_mode, std::function<void()> done) {
+        // On the driver thread: hand the flush over, come back through post().
+        std::lock_guard lock(self->mu_);
+        self->flushes_.push_back([self, name, new_mode, done = std::move(done)] {
+          if (self->flush_) self->flush_(lock_name_of(name), new_mode);
+          self->node_->post([done](LockManager&, LockCache&) { done(); });
+        });
+        self->flush_cv_.notify_one();
+      },
+      [self](const ResourceName& name) { self->on_blocked(name); });
   if (!node.is_ok()) return node.status();
   svc->node_ = std::move(node).value();
   return svc;
@@ -37,7 +38,7 @@ ClusterLockService::~ClusterLockService() {
     std::lock_guard lock(mu_);
     stop_ = true;
   }
-  cv_.notify_all();
+  flush_cv_.notify_all();
   flusher_.join();
   node_.reset();
 }
@@ -45,7 +46,7 @@ ClusterLockService::~ClusterLockService() {
 void ClusterLockService::flusher() {
   std::unique_lock lock(mu_);
   for (;;) {
-    cv_.wait(lock, [&] { return stop_ || !flushes_.empty(); });
+    flush_cv_.wait(lock, [&] { return stop_ || !flushes_.empty(); });
     if (stop_) return;
     auto job = std::move(flushes_.front());
     flushes_.pop_front();
@@ -55,37 +56,108 @@ void ClusterLockService::flusher() {
   }
 }
 
+uint64_t ClusterLockService::fast_path_hits() const {
+  std::lock_guard lock(mu_);
+  return fast_hits_;
+}
+
 Result<Lock> ClusterLockService::lock(LockName name, LockMode mode) {
+  if (mode == LockMode::kNL) return make_lock(name, mode);  // excludes nothing, anywhere
   const ResourceName r = ResourceName::from(name);
-  std::promise<Status> granted;
-  node_->post([&](LockManager&, LockCache& cache) {
-    cache.acquire(r, mode, [&](const Status& s) { granted.set_value(s); });
-  });
-  RETURN_IF_ERROR(granted.get_future().get());
-  auto local = local_->lock(name, mode);
-  if (!local.is_ok()) {
-    node_->post([r](LockManager&, LockCache& cache) { cache.release(r); });
-    return local.status();
+  std::unique_lock l(mu_);
+  Entry& e = entries_[r];  // std::map: stable while other entries come and go
+  if (e.cache_users > 0 && e.mode >= mode && !e.revoking) {
+    ++e.local_users;
+    ++fast_hits_;
+  } else {
+    // Slow path: one more LockCache user. The grant counts us as a local user on the
+    // driver thread, so a revocation in between cannot take the lock from under us.
+    l.unlock();
+    std::promise<Status> granted;
+    node_->post([&](LockManager&, LockCache& cache) {
+      cache.acquire(r, mode, [&](const Status& s) {
+        if (s.is_ok()) {
+          std::lock_guard g(mu_);
+          Entry& en = entries_[r];
+          ++en.cache_users;
+          ++en.local_users;
+          en.mode = std::max(en.mode, mode);
+        }
+        granted.set_value(s);
+      });
+    });
+    RETURN_IF_ERROR(granted.get_future().get());
+    l.lock();
   }
-  {
-    std::lock_guard guard(mu_);
-    held_.emplace(std::pair(name, mode), std::move(local).value());
+  // Exclusion between our threads; waiting EX takers hold off new PR takers.
+  if (mode == LockMode::kEX) {
+    ++e.writers_waiting;
+    local_cv_.wait(l, [&] { return !e.writer && e.readers == 0; });
+    --e.writers_waiting;
+    e.writer = true;
+  } else {
+    local_cv_.wait(l, [&] { return !e.writer && e.writers_waiting == 0; });
+    ++e.readers;
   }
   return make_lock(name, mode);
 }
 
-void ClusterLockService::unlock(const LockName& name, LockMode mode) {
-  Lock local;
-  {
-    std::lock_guard guard(mu_);
-    auto it = held_.find(std::pair(name, mode));
-    SHAREDFS_CHECK(it != held_.end(), "unlock of a cluster lock not held");
-    local = std::move(it->second);
-    held_.erase(it);
+int ClusterLockService::users_to_release(Entry& e) {
+  if (e.local_users > 0) return 0;
+  int n = 0;
+  if (e.revoking) {
+    n = e.cache_users;  // another node waits: let go entirely
+    e.cache_users = 0;
+    e.mode = LockMode::kNL;
+    e.revoking = false;
+  } else if (e.cache_users > 1) {
+    n = e.cache_users - 1;  // keep one pinned for the fast path
+    e.cache_users = 1;
   }
-  local.reset();
+  return n;
+}
+
+void ClusterLockService::release_cache_users(const ResourceName& name, int count) {
+  if (count == 0) return;
+  node_->post([name, count](LockManager&, LockCache& cache) {
+    for (int i = 0; i < count; ++i) cache.release(name);
+  });
+}
+
+void ClusterLockService::unlock(const LockName& name, LockMode mode) {
+  if (mode == LockMode::kNL) return;
   const ResourceName r = ResourceName::from(name);
-  node_->post([r](LockManager&, LockCache& cache) { cache.release(r); });
+  int release = 0;
+  {
+    std::lock_guard l(mu_);
+    auto it = entries_.find(r);
+    SHAREDFS_CHECK(it != entries_.end() && it->second.local_users > 0,
+                   "unlock of a cluster lock not held");
+    Entry& e = it->second;
+    if (mode == LockMode::kEX) {
+      e.writer = false;
+    } else {
+      --e.readers;
+    }
+    --e.local_users;
+    release = users_to_release(e);
+  }
+  local_cv_.notify_all();
+  release_cache_users(r, release);
+}
+
+void ClusterLockService::on_blocked(const ResourceName& name) {
+  // On the driver thread, from inside the LockCache: release through post() so the
+  // LockCache is not re-entered while it handles the blocking callback.
+  int release = 0;
+  {
+    std::lock_guard l(mu_);
+    auto it = entries_.find(name);
+    if (it == entries_.end() || it->second.cache_users == 0) return;
+    it->second.revoking = true;
+    release = users_to_release(it->second);
+  }
+  release_cache_users(name, release);
 }
 
 }  // namespace sharedfs::dlm

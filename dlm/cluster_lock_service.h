@@ -1,17 +1,22 @@
 // dlm/cluster_lock_service.h — the LockService of a node in a cluster: fs/ takes its locks
 // through it exactly as through the local one (dlm/lock_service.h).
 //
-// A lock() first makes sure the node holds the resource's cached DLM lock in at least the
-// mode (LockCache: no message when it already does), then takes the same mode between the
-// node's own threads. Released locks stay cached. When another node needs a conflicting
-// mode, the flush hook runs on the service's flusher thread (never the DLM driver thread,
-// so it may do I/O and wait) once no thread of this node uses the lock, and only then is
-// the lock given up or lowered.
+// Per resource the service pins one user of the node's LockCache while it holds the lock,
+// so a thread that needs a mode the node already holds takes it under the service's mutex,
+// without waking the DLM driver thread (the fast path). Otherwise the thread asks the
+// LockCache on the driver thread and waits. On top the service keeps readers-writer
+// exclusion between the node's threads (EX waiters block new PR takers, like
+// LocalLockService).
+//
+// When another node waits (LockCache's blocked hook), the fast path closes for that
+// resource; once no thread of this node uses it, the service lets go of its LockCache
+// users, the flush hook runs on the service's flusher thread (it may do I/O and wait;
+// never the driver thread) and the node's lock goes down.
 //
 // Membership and journal replay reach the DLM through node().
 //
-// Thread-safety: all methods may be called from any thread. The flush hook runs on one
-// flusher thread, one flush at a time.
+// Thread-safety: all methods may be called from any thread. Lock order: mu_, then the
+// DlmNode's queue lock (post()); nothing is called on the LockCache while mu_ is held.
 #pragma once
 
 #include <condition_variable>
@@ -39,21 +44,42 @@ class ClusterLockService final : public LockService {
   Result<Lock> lock(LockName name, LockMode mode) override;
   DlmNode& node() { return *node_; }
 
+  // Locks taken without the driver thread (tests, `sharedfs stats`).
+  uint64_t fast_path_hits() const;
+
  private:
+  struct Entry {
+    // LockCache users we hold; while > 0 the node holds at least `mode`.
+    int cache_users = 0;
+    LockMode mode = LockMode::kNL;
+    // Threads that counted on the node-level lock (holding or waiting locally).
+    int local_users = 0;
+    // Another node waits: no fast path; let go when local_users reaches 0.
+    bool revoking = false;
+    // Exclusion between this node's threads.
+    int readers = 0;
+    bool writer = false;
+    int writers_waiting = 0;
+  };
+
   ClusterLockService() = default;
   void unlock(const LockName& name, LockMode mode) override;
+  void on_blocked(const ResourceName& name);
+  // With mu_ held: LockCache users to hand back now that `e` may have become idle.
+  static int users_to_release(Entry& e);
+  void release_cache_users(const ResourceName& name, int count);
   void flusher();
 
   FlushHook flush_;
   std::unique_ptr<DlmNode> node_;
-  std::unique_ptr<LockService> local_;  // exclusion between this node's threads
 
-  std::mutex mu_;
-  // The local guards behind the Locks we handed out, by name and mode (interchangeable).
-  std::multimap<std::pair<LockName, LockMode>, Lock> held_;  // GUARDED_BY(mu_)
-  std::deque<std::function<void()>> flushes_;                // GUARDED_BY(mu_)
-  bool stop_ = false;                                        // GUARDED_BY(mu_)
-  std::condition_variable cv_;
+  mutable std::mutex mu_;
+  std::condition_variable local_cv_;           // exclusion waits
+  std::map<ResourceName, Entry> entries_;      // GUARDED_BY(mu_)
+  uint64_t fast_hits_ = 0;                     // GUARDED_BY(mu_)
+  std::deque<std::function<void()>> flushes_;  // GUARDED_BY(mu_)
+  bool stop_ = false;                          // GUARDED_BY(mu_)
+  std::condition_variable flush_cv_;
   std::thread flusher_;
 };
 

@@ -15,22 +15,22 @@ uint64_t now_ms() {
 }
 }  // namespace
 
-Result<std::unique_ptr<DlmNode>> DlmNode::start(DlmNodeOptions options,
-                                                LockCache::FlushHook flush) {
+Result<std::unique_ptr<DlmNode>> DlmNode::start(DlmNodeOptions options, LockCache::FlushHook flush,
+                                                LockCache::BlockedHook blocked) {
   ASSIGN_OR_RETURN(auto transport, ZmqTransport::open(options.self.id, options.peers));
   const int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (fd < 0) return errno_status(errno, "eventfd");
-  return std::unique_ptr<DlmNode>(
-      new DlmNode(std::move(options), std::move(transport), std::move(flush), fd));
+  return std::unique_ptr<DlmNode>(new DlmNode(std::move(options), std::move(transport),
+                                              std::move(flush), std::move(blocked), fd));
 }
 
 DlmNode::DlmNode(DlmNodeOptions options, std::unique_ptr<ZmqTransport> transport,
-                 LockCache::FlushHook flush, int wake_fd)
+                 LockCache::FlushHook flush, LockCache::BlockedHook blocked, int wake_fd)
     : opts_(std::move(options)),
       transport_(std::move(transport)),
       manager_(LockManagerOptions{opts_.self, opts_.cluster_secret, transport_.get(),
                                   opts_.retransmit_ms}),
-      cache_(manager_, std::move(flush)),
+      cache_(manager_, std::move(flush), std::move(blocked)),
       wake_fd_(wake_fd),
       thread_([this] { run(); }) {}
 

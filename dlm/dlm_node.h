@@ -37,7 +37,8 @@ class DlmNode {
  public:
   // The flush hook of the node's LockCache: runs on the driver thread; it must call `done`
   // later (from any thread, through post()) rather than block.
-  static Result<std::unique_ptr<DlmNode>> start(DlmNodeOptions options, LockCache::FlushHook flush);
+  static Result<std::unique_ptr<DlmNode>> start(DlmNodeOptions options, LockCache::FlushHook flush,
+                                                LockCache::BlockedHook blocked = {});
   ~DlmNode();  // stops the driver thread; pending completions never run
   DlmNode(const DlmNode&) = delete;
   DlmNode& operator=(const DlmNode&) = delete;
@@ -54,7 +55,7 @@ class DlmNode {
 
  private:
   DlmNode(DlmNodeOptions options, std::unique_ptr<ZmqTransport> transport,
-          LockCache::FlushHook flush, int wake_fd);
+          LockCache::FlushHook flush, LockCache::BlockedHook blocked, int wake_fd);
   void run();
 
   DlmNodeOptions opts_;

@@ -4,8 +4,8 @@
 
 namespace sharedfs::dlm {
 
-LockCache::LockCache(LockManager& manager, FlushHook flush)
-    : manager_(manager), flush_(std::move(flush)) {}
+LockCache::LockCache(LockManager& manager, FlushHook flush, BlockedHook blocked)
+    : manager_(manager), flush_(std::move(flush)), blocked_(std::move(blocked)) {}
 
 void LockCache::acquire(const ResourceName& name, LockMode mode, Done done) {
   entries_[name].waiters.push_back(Waiter{mode, std::move(done)});
@@ -47,7 +47,14 @@ void LockCache::pump(const ResourceName& name) {
   while (!e.busy) {
     // 1. Someone elsewhere waits: give up as soon as our users are done.
     if (e.blocked && e.granted && !compatible(*e.granted, *e.blocked)) {
-      if (e.users > 0) return;
+      if (e.users > 0) {
+        // Users that pin the lock must hear of it, however the blocking state arose.
+        if (blocked_ && !e.users_told) {
+          e.users_told = true;
+          blocked_(name);
+        }
+        return;
+      }
       const LockMode target = *e.blocked == LockMode::kPR && *e.granted == LockMode::kEX
                                   ? LockMode::kPR
                                   : LockMode::kNL;
@@ -60,6 +67,7 @@ void LockCache::pump(const ResourceName& name) {
               SHAREDFS_CHECK(s.is_ok(), "a down-convert cannot fail");
               en.granted = target;
               en.blocked.reset();
+              en.users_told = false;
               en.stalled = false;
               en.busy = false;
               pump(name);
@@ -69,6 +77,7 @@ void LockCache::pump(const ResourceName& name) {
       return;
     }
     e.blocked.reset();  // nothing of ours is in the way (any more)
+    e.users_told = false;
     if (e.waiters.empty()) return;
     Waiter& w = e.waiters.front();
     if (e.granted && *e.granted >= w.mode) {

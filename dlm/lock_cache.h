@@ -29,8 +29,13 @@ class LockCache {
   using FlushHook =
       std::function<void(const ResourceName& name, LockMode new_mode, std::function<void()> done)>;
   using Done = std::function<void(const Status&)>;
+  // Another node waits for `name` and users still hold it: users that pin the lock
+  // (ClusterLockService keeps one per resource so its threads hit without the driver)
+  // should let go soon. Runs once per episode, from inside the LockCache: it must not
+  // call the LockCache back directly (post instead).
+  using BlockedHook = std::function<void(const ResourceName& name)>;
 
-  LockCache(LockManager& manager, FlushHook flush);
+  LockCache(LockManager& manager, FlushHook flush, BlockedHook blocked = {});
   LockCache(const LockCache&) = delete;
   LockCache& operator=(const LockCache&) = delete;
 
@@ -59,6 +64,7 @@ class LockCache {
     // The strongest mode another node waits for since we last gave up: do not hand the
     // lock to new users, give it up when the current ones are done.
     std::optional<LockMode> blocked;
+    bool users_told = false;  // the blocked hook ran for this episode
     // An up-convert was cancelled (conversion deadlock): retry after we gave up.
     bool stalled = false;
     std::deque<Waiter> waiters;
@@ -69,6 +75,7 @@ class LockCache {
 
   LockManager& manager_;
   FlushHook flush_;
+  BlockedHook blocked_;
   std::map<ResourceName, Entry> entries_;
 };
 

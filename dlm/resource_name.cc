@@ -22,7 +22,8 @@ ResourceName ResourceName::make(uint8_t type, uint64_t id, std::string_view tag)
   ResourceName n;
   n.type = type;
   n.id = id;
-  std::memcpy(n.tag.data(), tag.data(), std::min(tag.size(), kTagSize));
+  // An empty string_view may have a null data(): no memcpy from it (UBSan).
+  if (!tag.empty()) std::memcpy(n.tag.data(), tag.data(), std::min(tag.size(), kTagSize));
   return n;
 }
 
