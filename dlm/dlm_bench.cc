@@ -211,6 +211,11 @@ int main(int argc, char** argv) {
   });
   all.get_future().wait();
   const double remote_s = us_since(t_remote) / 1e6;
+  (*node)->call([&](LockManager& lm, LockCache&) {
+    fmt::print(stderr, "node A: {} sent, {} retransmitted, {} received, {} out of order\n",
+               lm.stats().sent, lm.stats().retransmitted, lm.stats().received,
+               lm.stats().dropped_out_of_order);
+  });
 
   request("exit");
   waitpid(pid, nullptr, 0);

@@ -96,6 +96,7 @@ void DlmNode::run() {
       last_tick = now_ms();
       manager_.tick(last_tick);
     }
+    transport_->flush();  // everything this iteration produced, one message per peer
   }
 }
 

@@ -8,7 +8,11 @@ struct ZmqTransport::Sockets {
   zmq::context_t context{1};
   zmq::socket_t in{context, zmq::socket_type::pull};
   std::map<NodeId, zmq::socket_t> out;
+  std::map<NodeId, std::vector<std::byte>> batch;  // framed messages not sent yet
 };
+
+// A batch bigger than this is sent at once rather than at the next flush().
+constexpr size_t kMaxBatch = 256 * 1024;
 
 ZmqTransport::ZmqTransport(std::unique_ptr<Sockets> sockets) : sockets_(std::move(sockets)) {}
 
@@ -47,16 +51,28 @@ Result<std::unique_ptr<ZmqTransport>> ZmqTransport::open(NodeId self,
 }
 
 void ZmqTransport::send(NodeId to, std::vector<std::byte> bytes) {
-  auto it = sockets_->out.find(to);
-  if (it == sockets_->out.end()) {
+  if (!sockets_->out.contains(to)) {
     ++dropped_sends_;
     return;
   }
-  try {
-    auto sent = it->second.send(zmq::buffer(bytes.data(), bytes.size()), zmq::send_flags::dontwait);
-    if (!sent) ++dropped_sends_;
-  } catch (const zmq::error_t&) {
-    ++dropped_sends_;
+  auto& batch = sockets_->batch[to];
+  const auto len = static_cast<uint32_t>(bytes.size());
+  for (int i = 0; i < 4; ++i) batch.push_back(static_cast<std::byte>(len >> (8 * i)));
+  batch.insert(batch.end(), bytes.begin(), bytes.end());
+  if (batch.size() >= kMaxBatch) flush();
+}
+
+void ZmqTransport::flush() {
+  for (auto& [to, batch] : sockets_->batch) {
+    if (batch.empty()) continue;
+    try {
+      auto sent = sockets_->out.at(to).send(zmq::buffer(batch.data(), batch.size()),
+                                            zmq::send_flags::dontwait);
+      if (!sent) ++dropped_sends_;
+    } catch (const zmq::error_t&) {
+      ++dropped_sends_;
+    }
+    batch.clear();
   }
 }
 
@@ -72,7 +88,19 @@ Status ZmqTransport::poll(int timeout_ms, int wake_fd,
     for (int i = 0; i < 1024; ++i) {
       auto got = sockets_->in.recv(msg, zmq::recv_flags::dontwait);
       if (!got) break;
-      on_message(std::span(static_cast<const std::byte*>(msg.data()), msg.size()));
+      std::span<const std::byte> rest(static_cast<const std::byte*>(msg.data()), msg.size());
+      while (!rest.empty()) {
+        uint32_t len = 0;
+        if (rest.size() >= 4) {
+          for (int b = 0; b < 4; ++b) len |= static_cast<uint32_t>(rest[b]) << (8 * b);
+        }
+        if (rest.size() < 4 || rest.size() - 4 < len) {
+          ++malformed_batches_;  // a stray sender: what follows cannot be framed
+          break;
+        }
+        on_message(rest.subspan(4, len));
+        rest = rest.subspan(4 + len);
+      }
     }
     return Status::ok();
   } catch (const zmq::error_t& e) {
