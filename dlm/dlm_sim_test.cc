@@ -222,7 +222,7 @@ class Sim {
     n.alive = true;
     n.transport = std::make_unique<SimTransport>(this, id);
     n.lm = std::make_unique<LockManager>(
-        LockManagerOptions{n.member, "sim-secret", n.transport.get(), 40});
+        LockManagerOptions{n.member, "sim-secret", n.transport.get(), 40, false});
     n.users.assign(users_per_node_, User{});
     n.cache_user = CacheUser{};
     n.dirty.clear();

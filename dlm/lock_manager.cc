@@ -1,6 +1,9 @@
 #include "dlm/lock_manager.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
+#include <bit>
 #include <utility>
 
 namespace sharedfs::dlm {
@@ -701,6 +704,10 @@ void LockManager::receive(std::span<const std::byte> bytes) {
   auto decoded = codec_.decode(bytes);
   if (!decoded.is_ok()) {
     ++stats_.dropped_malformed;
+    if (opts_.log_rejected && std::has_single_bit(stats_.dropped_malformed)) {
+      spdlog::warn("dlm node {}: dropped a message ({} so far): {}", opts_.self.to_string(),
+                   stats_.dropped_malformed, decoded.status().to_string());
+    }
     return;
   }
   const Message& m = *decoded;

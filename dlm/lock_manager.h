@@ -65,6 +65,9 @@ struct LockManagerOptions {
   Transport* transport = nullptr;  // not owned; outlives the LockManager
   // Unacknowledged messages are sent again when this much time (tick() units) has passed.
   uint64_t retransmit_after = 40;
+  // Log dropped malformed or unauthenticated messages (the 1st, 2nd, 4th, 8th, ...), so an
+  // operator sees a stray sender or a wrong secret without a flood filling the log.
+  bool log_rejected = true;
 };
 
 struct LockManagerStats {

@@ -1,5 +1,8 @@
 #include "dlm/zmq_transport.h"
 
+#include <spdlog/spdlog.h>
+
+#include <bit>
 #include <zmq.hpp>
 
 namespace sharedfs::dlm {
@@ -96,6 +99,10 @@ Status ZmqTransport::poll(int timeout_ms, int wake_fd,
         }
         if (rest.size() < 4 || rest.size() - 4 < len) {
           ++malformed_batches_;  // a stray sender: what follows cannot be framed
+          if (std::has_single_bit(malformed_batches_)) {
+            spdlog::warn("dlm transport: dropped a badly framed batch ({} so far)",
+                         malformed_batches_);
+          }
           break;
         }
         on_message(rest.subspan(4, len));
