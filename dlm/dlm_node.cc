@@ -69,8 +69,10 @@ Status DlmNode::set_membership(const Membership& membership) {
   return status;
 }
 
-void DlmNode::journal_replayed(const Member& departed) {
-  post([departed](LockManager& lm, LockCache&) { lm.journal_replayed(departed); });
+Status DlmNode::journal_replayed(const Member& departed) {
+  Status status;
+  call([&](LockManager& lm, LockCache&) { status = lm.journal_replayed(departed); });
+  return status;
 }
 
 void DlmNode::run() {

@@ -50,7 +50,7 @@ class DlmNode {
   void call(const Task& task);
 
   Status set_membership(const Membership& membership);
-  void journal_replayed(const Member& departed);
+  Status journal_replayed(const Member& departed);
   const Member& self() const { return opts_.self; }
 
  private:

@@ -339,7 +339,9 @@ class Sim {
     replayed_ids_.insert(dead);
     for (auto& n : nodes_) {
       if (!n.alive) continue;
-      admin(n.member, [dead](Node& node) { node.lm->journal_replayed(dead); });
+      admin(n.member, [this, dead](Node& node) {
+        expect_ok(node.lm->journal_replayed(dead), "journal_replayed");
+      });
     }
   }
 

@@ -107,7 +107,8 @@ int main(int argc, char** argv) {
           if (!st.is_ok()) fmt::print(stderr, "node {}: {}\n", self.to_string(), st.to_string());
         } else if (word == "replayed") {
           ls >> word;
-          (*svc)->node().journal_replayed(parse_member(word));
+          const Status st = (*svc)->node().journal_replayed(parse_member(word));
+          if (!st.is_ok()) fmt::print(stderr, "node {}: {}\n", self.to_string(), st.to_string());
         } else if (word == "exit") {
           exit_asked = true;
         }

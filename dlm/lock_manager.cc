@@ -659,8 +659,12 @@ void LockManager::rebuild(Resource& res, bool had_record, std::vector<Message>& 
   try_grant(res);
 }
 
-void LockManager::journal_replayed(const Member& departed) {
+Status LockManager::journal_replayed(const Member& departed) {
   Scope scope(this);
+  if (is_member(departed)) {
+    return make_status(Code::kInvalidArgument, "dlm: {} is a member of epoch {}, not departed",
+                       departed.to_string(), epoch_);
+  }
   auto& inc = replayed_[departed.id];
   inc = std::max(inc, departed.incarnation);
   drop_replayed(pending_replay_);
@@ -669,6 +673,7 @@ void LockManager::journal_replayed(const Member& departed) {
     drop_replayed(res->hold);
     if (res->hold.empty() && !recovering_) try_grant(*res);
   }
+  return Status::ok();
 }
 
 // ---------------------------------------------------------------------------------------

@@ -111,7 +111,9 @@ class LockManager {
   // A new epoch. `membership.epoch` must grow and the list must contain this node.
   Status set_membership(const Membership& membership);
   // The departed member's journal is replayed; resources held back for it may be granted.
-  void journal_replayed(const Member& departed);
+  // kInvalidArgument for a current member: marking it replayed in advance would let its
+  // later departure go without hold-back.
+  Status journal_replayed(const Member& departed);
 
   // --- Driver ---
   // A message from the transport. Anything malformed or unauthenticated is counted and

@@ -342,7 +342,8 @@ TEST(LockManager, DepartedExclusiveHolderHoldsBackUntilReplayed) {
     Outcome other;
     k[1].lock(res(999999), EX, {}, {}, other.fn());
     k.run();
-    for (size_t i = 0; i < 2; ++i) k[i].journal_replayed(dead);
+    EXPECT_EQ(k[0].journal_replayed(Member{NodeId(1), 1}).code(), Code::kInvalidArgument);
+    for (size_t i = 0; i < 2; ++i) EXPECT_OK(k[i].journal_replayed(dead));
     k.run();
     ASSERT_TRUE(p.granted());
     EXPECT_FALSE(k[0].value_block(pid)->valid);  // the dead holder never wrote it back
