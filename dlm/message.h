@@ -10,8 +10,6 @@
 // several threads at once.
 #pragma once
 
-#include <openssl/evp.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -24,6 +22,11 @@
 #include "dlm/lock_service.h"
 #include "dlm/membership.h"
 #include "dlm/resource_name.h"
+
+// OpenSSL's EVP_MAC_CTX and EVP_MAC, by their struct tags: this header does not pull
+// OpenSSL into every user of the DLM.
+struct evp_mac_ctx_st;
+struct evp_mac_st;
 
 namespace sharedfs::dlm {
 
@@ -111,9 +114,10 @@ class MessageCodec {
 
  private:
   void mac(std::span<const std::byte> data, uint8_t out[kMacSize]) const;
-  // The keyed context; each mac() duplicates it so the key schedule is computed once.
-  EVP_MAC_CTX* keyed_ = nullptr;
-  EVP_MAC* hmac_ = nullptr;
+  // The keyed context (EVP_MAC_CTX); each mac() duplicates it so the key schedule is
+  // computed once.
+  ::evp_mac_ctx_st* keyed_ = nullptr;
+  ::evp_mac_st* hmac_ = nullptr;
 };
 
 }  // namespace sharedfs::dlm
