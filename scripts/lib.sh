@@ -4,7 +4,8 @@
 SHAREDFS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 # Debian 12 packages the build, the tests and the demo need. libjson-c-dev and libssl-dev
-# because libnvme.pc requires json-c and openssl (checked on a debootstrap minbase).
+# because libnvme.pc requires json-c and openssl (checked on a debootstrap minbase);
+# clang-14 and libclang-rt-14-dev for the DLM decoder's libFuzzer run (else it is skipped).
 SHAREDFS_PACKAGES=(
   build-essential cmake pkg-config git
   libfuse3-dev fuse3
@@ -14,6 +15,7 @@ SHAREDFS_PACKAGES=(
   libcli11-dev libspdlog-dev libfmt-dev libtomlplusplus-dev
   libisal-dev libblkid-dev liburing-dev
   e2fsprogs xfsprogs btrfs-progs util-linux iproute2 clang-format
+  clang-14 libclang-rt-14-dev
   attr acl fio mount procps
 )
 
