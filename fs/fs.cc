@@ -112,7 +112,12 @@ FileSystem::FileSystem(device::BlockDevice& dev, const format::Superblock& sb, M
       opts_(std::move(opts)),
       locks_(opts_.locks ? opts_.locks : std::shared_ptr<dlm::LockService>(
                                              dlm::make_local_lock_service())),
-      next_generation_(detail::now_ns()) {}
+      next_generation_(detail::now_ns()) {
+  if (opts_.flush_target) {
+    std::lock_guard lock(opts_.flush_target->mu_);
+    opts_.flush_target->fs_ = this;
+  }
+}
 
 Result<std::unique_ptr<FileSystem>> FileSystem::mount(device::BlockDevice& dev, MountOptions opts) {
   ASSIGN_OR_RETURN(auto sb, read_superblock(dev));
@@ -163,6 +168,10 @@ Status FileSystem::start() {
   tmo.max_clean_buffers = opts_.max_cached_blocks;
   tm_ = std::make_unique<journal::TransactionManager>(dev_, *journal_, bs_, tmo);
   ASSIGN_OR_RETURN(alloc_, allocator::Allocator::open(*tm_, sb_, slot));
+  // The allocator read every AG header without the AG's lock, for its free-space hints.
+  // Nothing may stay cached that was read without the lock covering it (another node may
+  // be changing it), so allocation reads them again under the lock.
+  (void)tm_->drop_unused();
   RETURN_IF_ERROR(set_slot_in_use(true));
   RETURN_IF_ERROR(free_orphans_at_mount());
   RETURN_IF_ERROR(tm_->commit().status());
@@ -261,13 +270,22 @@ Status FileSystem::unmount() {
   for (Ino ino : known) RETURN_IF_ERROR(evict(ino));
   RETURN_IF_ERROR(set_slot_in_use(false));
   RETURN_IF_ERROR(tm_->commit().status());
-  RETURN_IF_ERROR(journal_->close());
+  {
+    // Flushes for other nodes find everything at home from here on.
+    std::lock_guard lock(flush_mu_);
+    journal_closed_ = true;
+    RETURN_IF_ERROR(journal_->close());
+  }
   RETURN_IF_ERROR(write_heartbeat(format::HeartbeatState::kIdle));
   return dev_.flush();
 }
 
 void FileSystem::abandon() {
   mounted_ = false;
+  {
+    std::lock_guard lock(flush_mu_);
+    journal_closed_ = true;  // a crashed node writes nothing more
+  }
   {
     std::lock_guard lock(bg_mu_);
     bg_stop_ = true;
@@ -279,6 +297,10 @@ void FileSystem::abandon() {
 FileSystem::~FileSystem() {
   if (mounted_) {
     if (auto st = unmount(); !st) spdlog::error("unmount: {}", st.to_string());
+  }
+  if (opts_.flush_target) {
+    std::lock_guard lock(opts_.flush_target->mu_);
+    opts_.flush_target->fs_ = nullptr;
   }
   if (bg_thread_.joinable()) {
     {
@@ -295,6 +317,39 @@ FileSystem::~FileSystem() {
 
 Result<dlm::Lock> FileSystem::lock_inode(Ino ino, dlm::LockMode mode) {
   return locks_->lock({dlm::LockSpace::kInode, ino}, mode);
+}
+
+// The cluster-wide allocation lock: "every AG". Taken before the handle, never under one
+// (docs/cluster.md: a flush commits, and a commit waits for open handles).
+Result<FileSystem::Change> FileSystem::begin_change() {
+  dlm::Lock allocation;
+  if (opts_.cluster_allocation_lock) {
+    ASSIGN_OR_RETURN(allocation, locks_->lock({dlm::LockSpace::kAllocGroup, kAllAllocationGroups},
+                                              dlm::LockMode::kEX));
+  }
+  return Change{std::move(allocation), tm_->begin()};
+}
+
+// ---------------------------------------------------------------------------------------
+// Cluster: giving up locks
+
+Status FileSystem::flush_for_lock(const dlm::LockName& name, dlm::LockMode new_mode) {
+  // The lock's users on this node are done (the lock service waits for them), and no
+  // thread waits for a cluster lock while holding a handle, so this commit cannot wait on
+  // anything that waits on us.
+  std::lock_guard lock(flush_mu_);
+  if (journal_closed_) return Status::ok();  // unmounted: everything is at home
+  RETURN_IF_ERROR(tm_->commit().status().with_context(fmt::format("flushing {}", name.to_string())));
+  RETURN_IF_ERROR(journal_->checkpoint().with_context(fmt::format("flushing {}", name.to_string())));
+  if (new_mode == dlm::LockMode::kNL) (void)tm_->drop_unused();
+  ++lock_flushes_;
+  return Status::ok();
+}
+
+Status LockFlushTarget::flush(const dlm::LockName& name, dlm::LockMode new_mode) {
+  std::lock_guard lock(mu_);
+  if (fs_ == nullptr) return Status::ok();  // nothing mounted: nothing cached
+  return fs_->flush_for_lock(name, new_mode);
 }
 
 Result<FileSystem::InodeRef> FileSystem::load(Ino ino) {
@@ -372,7 +427,8 @@ Result<Attr> FileSystem::setattr(Ino ino, const SetAttr& c, const Caller& caller
       return posix_error(ref.is_dir() ? EISDIR : EINVAL, "truncate of a non-regular file");
     }
     const uint64_t now = detail::now_ns();
-    auto h = tm_->begin();
+    ASSIGN_OR_RETURN(auto change, begin_change());
+    journal::Handle& h = change.handle;
     if (c.size && *c.size != n.size) {
       if (*c.size < n.size) {
         RETURN_IF_ERROR(truncate_blocks(h, ref, *c.size));
@@ -448,7 +504,8 @@ Status FileSystem::evict(Ino ino) {
   auto ref = load(ino);
   if (!ref) return Status::ok();  // freed already
   if (ref->inode.nlink != 0 || !(ref->inode.flags & Inode::kOrphan)) return Status::ok();
-  auto h = tm_->begin();
+  ASSIGN_OR_RETURN(auto change, begin_change());
+  journal::Handle& h = change.handle;
   RETURN_IF_ERROR(orphan_remove(h, *ref));
   RETURN_IF_ERROR(free_inode_blocks(h, *ref));
   return alloc_->free_inode(h, ino);
@@ -552,7 +609,8 @@ Status FileSystem::free_orphans_at_mount() {
       if (list.count != 0) {
         list.count = 0;
         ++list.seq;
-        auto h = tm_->begin();
+        ASSIGN_OR_RETURN(auto change, begin_change());
+        journal::Handle& h = change.handle;
         list.encode(buf->data(), ctx(blk));
         h.dirty(buf);
       }
@@ -563,7 +621,8 @@ Status FileSystem::free_orphans_at_mount() {
     const Ino ino = list.head;
     ASSIGN_OR_RETURN(auto ref, load(ino));
     {
-      auto h = tm_->begin();
+      ASSIGN_OR_RETURN(auto change, begin_change());
+      journal::Handle& h = change.handle;
       list.head = ref.inode.next_orphan;
       list.count = list.count > 0 ? list.count - 1 : 0;
       ++list.seq;

@@ -54,6 +54,9 @@ namespace sharedfs::fs {
 
 using Ino = uint64_t;
 
+class FileSystem;
+class LockFlushTarget;
+
 struct MountOptions {
   uint32_t slot = 0;     // this node's journal/orphan slot
   uint32_t node_id = 1;  // recorded in the slot table and heartbeat
@@ -65,6 +68,25 @@ struct MountOptions {
   size_t max_cached_blocks = 65536;
   // Lock service; null: a local in-process one.
   std::shared_ptr<dlm::LockService> locks;
+  // Cluster mounts: where the lock service's flush hook finds this file system (attached
+  // before the first lock is taken, detached when it is destroyed).
+  std::shared_ptr<LockFlushTarget> flush_target;
+  // Cluster mounts, until allocation groups are reserved per operation (docs/cluster.md):
+  // every change that may allocate or free blocks first takes one cluster-wide allocation
+  // lock, before its journal handle, so that two nodes never change AG bitmaps at once.
+  bool cluster_allocation_lock = false;
+};
+
+// What a cluster lock service's flush hook calls before the node gives up a lock: the
+// attached FileSystem's flush_for_lock, or nothing while none is attached.
+class LockFlushTarget {
+ public:
+  Status flush(const dlm::LockName& name, dlm::LockMode new_mode);
+
+ private:
+  friend class FileSystem;
+  std::mutex mu_;  // held across a flush, so a file system is never detached mid-flush
+  FileSystem* fs_ = nullptr;
 };
 
 // The identity a request runs as (from the FUSE request context).
@@ -179,6 +201,14 @@ class FileSystem {
   // The inode numbers the kernel may still name (lookup count above 0): for tests.
   uint64_t lookup_count(Ino ino) const;
 
+  // Cluster: what must happen before this node gives up `name` or lowers it to `new_mode`
+  // (docs/cluster.md): the running transaction is committed and the journal checkpointed
+  // (everything changed reaches its home, and the log can no longer replay old images
+  // over the next holder's changes); going to NL also drops every cached block nothing is
+  // using, so the next read comes from the device. Kernel caches are the frontend's part.
+  Status flush_for_lock(const dlm::LockName& name, dlm::LockMode new_mode);
+  uint64_t lock_flushes() const { return lock_flushes_.load(); }
+
  private:
   struct InodeRef;
 
@@ -199,6 +229,13 @@ class FileSystem {
   format::BlockContext ctx(uint64_t blkno) const { return {blkno, tag_}; }
 
   Result<dlm::Lock> lock_inode(Ino ino, dlm::LockMode mode);
+  // A journal handle for a change; in a cluster first the allocation lock (see
+  // MountOptions::cluster_allocation_lock). Declared lock first: the handle ends before it.
+  struct Change {
+    dlm::Lock allocation;
+    journal::Handle handle;
+  };
+  Result<Change> begin_change();
   Attr make_attr(Ino ino, const format::Inode& inode) const;
   Result<Attr> create_node(Ino parent, std::string_view name, uint32_t mode, uint32_t rdev,
                            std::string_view symlink_target, const Caller& caller);
@@ -252,6 +289,10 @@ class FileSystem {
   std::unordered_map<Ino, Ino> orphan_prev_;
   std::unordered_map<Ino, Ino> orphan_next_;
   std::atomic<uint64_t> next_generation_;
+  std::atomic<uint64_t> lock_flushes_{0};
+  // Serialises flush_for_lock with closing the journal at unmount.
+  std::mutex flush_mu_;
+  bool journal_closed_ = false;  // GUARDED_BY(flush_mu_)
 
   // Background commit and heartbeat.
   std::mutex bg_mu_;

@@ -114,7 +114,8 @@ Result<size_t> FileSystem::write_once(Ino ino, uint64_t offset, std::span<const 
     ASSIGN_OR_RETURN(auto ref, load(ino));
     if (!ref.is_reg()) return posix_error(ref.is_dir() ? EISDIR : EINVAL, "write of a non-file");
     Inode& n = ref.inode;
-    auto h = tm_->begin();
+    ASSIGN_OR_RETURN(auto change, begin_change());
+    journal::Handle& h = change.handle;
     ExtentTree t(*tm_, *alloc_, sb_, ino, n);
     uint64_t goal = 0;  // device block after the previous run: keeps files contiguous
     while (done < data.size()) {
@@ -320,7 +321,8 @@ Status FileSystem::fallocate_once(Ino ino, int mode, uint64_t offset, uint64_t l
     ASSIGN_OR_RETURN(auto ref, load(ino));
     if (!ref.is_reg()) return posix_error(ref.is_dir() ? EISDIR : ENODEV, "fallocate of a non-file");
     Inode& n = ref.inode;
-    auto h = tm_->begin();
+    ASSIGN_OR_RETURN(auto change, begin_change());
+    journal::Handle& h = change.handle;
     const uint64_t end = offset + length;
     if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) {
       if (offset < n.size) RETURN_IF_ERROR(punch(h, ref, offset, std::min(end, n.size) - offset));

@@ -14,6 +14,9 @@
 
 namespace sharedfs::fs {
 
+// The id of the cluster-wide allocation lock in LockSpace::kAllocGroup ("every AG").
+inline constexpr uint64_t kAllAllocationGroups = ~uint64_t{0};
+
 // A decoded inode and the cached block it lives in. Valid while the caller holds the
 // inode's lock; store() re-encodes it into the block.
 struct FileSystem::InodeRef {

@@ -108,7 +108,8 @@ Result<Attr> FileSystem::create_node_once(Ino parent, std::string_view name, uin
     ASSIGN_OR_RETURN(auto existing, d.lookup(name));
     if (existing) return posix_error(EEXIST, fmt::format("\"{}\" exists", name));
 
-    auto h = tm_->begin();
+    ASSIGN_OR_RETURN(auto change, begin_change());
+    journal::Handle& h = change.handle;
     ASSIGN_OR_RETURN(Ino ino, alloc_->allocate_inode(h, parent));
     // A fresh inode nobody else can name yet; its lock only keeps the rule "changed under EX".
     ASSIGN_OR_RETURN(auto clock, lock_inode(ino, dlm::LockMode::kEX));
@@ -182,7 +183,8 @@ Result<Attr> FileSystem::link(Ino ino, Ino new_parent, std::string_view new_name
     if (cref.inode.nlink == 0) return posix_error(ENOENT, "inode was unlinked");
     if (cref.inode.nlink >= 65000) return posix_error(EMLINK, "too many links");
     Directory d(*tm_, *alloc_, sb_, new_parent, pref.inode);
-    auto h = tm_->begin();
+    ASSIGN_OR_RETURN(auto change, begin_change());
+    journal::Handle& h = change.handle;
     RETURN_IF_ERROR(d.add(h, {ino, 0, detail::file_type_of(cref.inode.mode), std::string(new_name)}));
     const uint64_t now = detail::now_ns();
     ++cref.inode.nlink;
@@ -226,7 +228,8 @@ Status FileSystem::remove_entry(Ino parent, std::string_view name, bool want_dir
     } else if (cref.is_dir()) {
       return posix_error(EISDIR, fmt::format("\"{}\" is a directory", name));
     }
-    auto h = tm_->begin();
+    ASSIGN_OR_RETURN(auto change, begin_change());
+    journal::Handle& h = change.handle;
     RETURN_IF_ERROR(d.remove(h, name).status());
     const uint64_t now = detail::now_ns();
     if (want_dir) {
@@ -342,7 +345,8 @@ Status FileSystem::rename(Ino p1, std::string_view n1, Ino p2, std::string_view 
       }
     }
 
-    auto h = tm_->begin();
+    ASSIGN_OR_RETURN(auto change, begin_change());
+    journal::Handle& h = change.handle;
     const uint64_t now = detail::now_ns();
     const auto src_type = detail::file_type_of(sref.inode.mode);
     if (exchange) {

@@ -256,7 +256,8 @@ Status FileSystem::setxattr(Ino ino, std::string_view name, std::span<const uint
     if (XattrBlock::bytes_for(xb.entries) > XattrBlock::area(bs_)) {
       return posix_error(ENOSPC, "the inode's xattrs do not fit one block");
     }
-    auto h = tm_->begin();
+    ASSIGN_OR_RETURN(auto change, begin_change());
+    journal::Handle& h = change.handle;
     RETURN_IF_ERROR(store_xattrs(h, ref, xb));
     ref.inode.ctime_ns = detail::now_ns();
     store(h, ref);
@@ -274,7 +275,8 @@ Status FileSystem::removexattr(Ino ino, std::string_view name) {
                            [&](const auto& e) { return e.name == name; });
     if (it == xb.entries.end()) return posix_error(ENODATA, fmt::format("no xattr \"{}\"", name));
     xb.entries.erase(it);
-    auto h = tm_->begin();
+    ASSIGN_OR_RETURN(auto change, begin_change());
+    journal::Handle& h = change.handle;
     RETURN_IF_ERROR(store_xattrs(h, ref, xb));
     ref.inode.ctime_ns = detail::now_ns();
     store(h, ref);

@@ -224,6 +224,12 @@ class TransactionManager {
   // Drops cached copies of `blocks` that no open transaction has dirtied (another node may
   // change them once our lock is gone).
   void forget(std::span<const uint64_t> blocks);
+  // Drops every cached buffer that nothing else references and no transaction pins; returns
+  // how many. A cluster node does this when it gives up a lock, after committing and
+  // checkpointing, so that whatever it reads next comes from the device. A buffer still
+  // referenced is in use by an operation under some other lock this node holds: still
+  // valid, so kept.
+  size_t drop_unused();
 
   // Joins the running transaction (waits while it is being closed).
   Handle begin();

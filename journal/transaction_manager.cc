@@ -84,6 +84,21 @@ void TransactionManager::forget(std::span<const uint64_t> blocks) {
   }
 }
 
+size_t TransactionManager::drop_unused() {
+  std::lock_guard lock(mu_);
+  size_t dropped = 0;
+  for (auto it = cache_.begin(); it != cache_.end();) {
+    if (it->second.use_count() == 1 && !pinned_locked(it->first)) {
+      lru_.erase(it->first);
+      it = cache_.erase(it);
+      ++dropped;
+    } else {
+      ++it;
+    }
+  }
+  return dropped;
+}
+
 // A changed buffer whose contents are neither in the journal nor on the device yet: changed
 // in the running transaction, or in the one being written to the log right now.
 bool TransactionManager::pinned_locked(uint64_t blkno) const {

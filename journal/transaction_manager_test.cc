@@ -79,6 +79,24 @@ TEST_F(TransactionManagerTest, ForgetKeepsUncommittedChanges) {
   EXPECT_EQ(v, 9u);
 }
 
+TEST_F(TransactionManagerTest, DropUnusedKeepsReferencedAndUncommittedBuffers) {
+  change(first_target_, 4);  // pinned by the running transaction
+  ASSERT_OK(tm_->read(first_target_ + 1));      // cached, unused
+  auto held = tm_->read(first_target_ + 2);    // cached and still referenced
+  ASSERT_OK(held);
+  EXPECT_EQ(tm_->cached_buffers(), 3u);
+  EXPECT_EQ(tm_->drop_unused(), 1u);
+  EXPECT_EQ(tm_->cached_buffers(), 2u);
+  ASSERT_OK(tm_->commit());
+  held = tm_->read(first_target_ + 1);  // re-read (a fresh buffer), and let go of +2
+  EXPECT_EQ(tm_->drop_unused(), 2u);    // +2, and the committed block, unpinned now
+  auto b = tm_->read(first_target_);    // from the journal's committed image
+  ASSERT_OK(b);
+  uint64_t v = 0;
+  std::memcpy(&v, (*b)->data().data() + 8, 8);
+  EXPECT_EQ(v, 4u);
+}
+
 TEST_F(TransactionManagerTest, ManyOperationsShareOneCommit) {
   constexpr int kThreads = 8;
   std::vector<std::thread> threads;

@@ -1,0 +1,204 @@
+// Two nodes in one process: two FileSystems over one image, each with its own cluster
+// lock service (the DLM over ZeroMQ on 127.0.0.1) whose flush hook calls the file system's
+// flush_for_lock. What one node changed, the other reads once it takes the lock: the
+// daemon-side half of the coherence protocol (docs/cluster.md). The kernel's caches are
+// not involved here (no FUSE).
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <set>
+#include <thread>
+
+#include "dlm/cluster_lock_service.h"
+#include "fs/fs_test_fixture.h"
+
+namespace sharedfs::fs {
+namespace {
+
+using testing::bytes_of;
+using testing::string_of;
+
+template <typename T>
+int err(const Result<T>& r) {
+  return r.is_ok() ? 0 : r.status().to_errno();
+}
+
+int free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+class TwoNodeTest : public testing::ImageTest {
+ protected:
+  struct Node {
+    std::unique_ptr<device::BlockDevice> dev;  // node 0 uses the fixture's
+    std::shared_ptr<LockFlushTarget> target = std::make_shared<LockFlushTarget>();
+    std::shared_ptr<dlm::ClusterLockService> locks;
+    std::unique_ptr<FileSystem> fs;
+  };
+
+  void SetUp() override {
+    ImageTest::SetUp();
+    if (HasFatalFailure()) return;
+    std::vector<dlm::Peer> peers;
+    for (uint32_t i = 1; i <= 2; ++i) {
+      peers.push_back(dlm::Peer{NodeId(i), fmt::format("tcp://127.0.0.1:{}", free_port())});
+    }
+    const dlm::Membership ms{1, {dlm::Member{NodeId(1), 1}, dlm::Member{NodeId(2), 1}}};
+    for (int i = 0; i < 2; ++i) {
+      auto target = node_[i].target;
+      auto s = dlm::ClusterLockService::start(
+          dlm::DlmNodeOptions{ms.members[i], peers, "two-node-test-secret", 20, 5},
+          [target](const dlm::LockName& name, dlm::LockMode mode) {
+            auto st = target->flush(name, mode);
+            if (!st) ADD_FAILURE() << "flush of " << name.to_string() << ": " << st.to_string();
+          });
+      ASSERT_OK(s);
+      node_[i].locks = std::move(s).value();
+    }
+    for (int i = 0; i < 2; ++i) ASSERT_OK(node_[i].locks->node().set_membership(ms));
+    auto dev = device::open_file_device(image_, {});
+    ASSERT_OK(dev);
+    node_[1].dev = std::move(dev->io);
+    for (int i = 0; i < 2; ++i) {
+      MountOptions o;
+      o.slot = static_cast<uint32_t>(i);
+      o.node_id = static_cast<uint32_t>(i + 1);
+      o.check_live_slot = false;
+      o.locks = node_[i].locks;
+      o.flush_target = node_[i].target;
+      o.cluster_allocation_lock = true;
+      auto fs = FileSystem::mount(i == 0 ? *dev_ : *node_[1].dev, o);
+      ASSERT_OK(fs);
+      node_[i].fs = std::move(*fs);
+    }
+  }
+
+  void TearDown() override {
+    for (auto& n : node_) {
+      if (n.fs) EXPECT_OK(n.fs->unmount());
+    }
+    for (auto& n : node_) n.fs.reset();
+    for (auto& n : node_) n.locks.reset();
+    node_[1].dev.reset();
+    if (dev_ && !HasFailure()) {
+      auto report = mkfs::check_filesystem(*dev_, {});
+      ASSERT_OK(report);
+      for (const auto& p : report->problems) ADD_FAILURE() << p.structure << ": " << p.what;
+    }
+    ImageTest::TearDown();
+  }
+
+  FileSystem& a() { return *node_[0].fs; }
+  FileSystem& b() { return *node_[1].fs; }
+
+  std::set<std::string> names_in(FileSystem& fs, Ino dir) {
+    std::set<std::string> out;
+    uint64_t cookie = 0;
+    for (;;) {
+      auto page = fs.readdir(dir, cookie, 64);
+      EXPECT_TRUE(page.is_ok());
+      if (!page.is_ok() || page->empty()) break;
+      for (auto& e : *page) {
+        out.insert(e.name);
+        cookie = e.cookie;
+      }
+    }
+    return out;
+  }
+
+  Caller caller_{0, 0, 022};
+  Node node_[2];
+};
+
+TEST_F(TwoNodeTest, WhatOneNodeChangesTheOtherReads) {
+  const Ino root = a().root();
+  ASSERT_EQ(b().root(), root);
+  auto f = a().mknod(root, "f", S_IFREG | 0644, 0, caller_);
+  ASSERT_OK(f);
+  ASSERT_OK(a().write(f->ino, 0, bytes_of("hello")));
+  // B finds the name, the size and the data.
+  auto seen = b().lookup(root, "f");
+  ASSERT_OK(seen);
+  EXPECT_EQ(seen->ino, f->ino);
+  EXPECT_EQ(seen->st.st_size, 5);
+  EXPECT_EQ(string_of(*b().read(f->ino, 0, 100)), "hello");
+  // B appends; A, which had the inode cached, reads the new size and bytes.
+  ASSERT_OK(b().write(f->ino, 5, bytes_of(" world")));
+  EXPECT_EQ(a().getattr(f->ino)->st.st_size, 11);
+  EXPECT_EQ(string_of(*a().read(f->ino, 0, 100)), "hello world");
+  // Attributes.
+  SetAttr chmod;
+  chmod.mode = 0600;
+  ASSERT_OK(b().setattr(f->ino, chmod, caller_));
+  EXPECT_EQ(a().getattr(f->ino)->st.st_mode & 07777, 0600u);
+  // Names: a directory made on A, filled on B, thinned on A, renamed on B.
+  auto d = a().mkdir(root, "d", 0755, caller_);
+  ASSERT_OK(d);
+  for (int i = 0; i < 60; ++i) {
+    auto c = b().mknod(d->ino, fmt::format("n{}", i), S_IFREG | 0644, 0, caller_);
+    ASSERT_OK(c);
+    b().forget(c->ino, 1);
+  }
+  EXPECT_EQ(names_in(a(), d->ino).size(), 62u);  // with . and ..
+  for (int i = 0; i < 60; i += 2) ASSERT_OK(a().unlink(d->ino, fmt::format("n{}", i)));
+  EXPECT_EQ(names_in(b(), d->ino).size(), 32u);
+  ASSERT_OK(b().rename(d->ino, "n1", root, "moved", 0));
+  EXPECT_EQ(err(a().lookup(d->ino, "n1")), ENOENT);
+  auto moved = a().lookup(root, "moved");
+  ASSERT_OK(moved);
+  a().forget(moved->ino, 1);
+  EXPECT_GE(a().lock_flushes() + b().lock_flushes(), 4u);
+  a().forget(f->ino, 1);
+  b().forget(f->ino, 1);
+  a().forget(d->ino, 1);
+}
+
+TEST_F(TwoNodeTest, BothNodesCreateInOneDirectoryAtOnce) {
+  const Ino root = a().root();
+  auto d = a().mkdir(root, "shared", 0777, caller_);
+  ASSERT_OK(d);
+  std::atomic<int> failures{0};
+  auto work = [&](FileSystem& fs, const char* prefix) {
+    for (int i = 0; i < 100; ++i) {
+      auto c = fs.mknod(d->ino, fmt::format("{}{}", prefix, i), S_IFREG | 0644, 0, caller_);
+      if (!c) {
+        ++failures;
+        continue;
+      }
+      if (!fs.write(c->ino, 0, bytes_of(fmt::format("{}{} data", prefix, i)))) ++failures;
+      fs.forget(c->ino, 1);
+    }
+  };
+  std::thread ta(work, std::ref(a()), "a");
+  std::thread tb(work, std::ref(b()), "b");
+  ta.join();
+  tb.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(names_in(a(), d->ino).size(), 202u);
+  EXPECT_EQ(names_in(b(), d->ino).size(), 202u);
+  // Each node reads what the other wrote.
+  for (int i = 0; i < 100; i += 9) {
+    auto x = a().lookup(d->ino, fmt::format("b{}", i));
+    ASSERT_OK(x);
+    EXPECT_EQ(string_of(*a().read(x->ino, 0, 100)), fmt::format("b{} data", i));
+    a().forget(x->ino, 1);
+    auto y = b().lookup(d->ino, fmt::format("a{}", i));
+    ASSERT_OK(y);
+    EXPECT_EQ(string_of(*b().read(y->ino, 0, 100)), fmt::format("a{} data", i));
+    b().forget(y->ino, 1);
+  }
+  a().forget(d->ino, 1);
+}
+
+}  // namespace
+}  // namespace sharedfs::fs
