@@ -2,7 +2,10 @@
 // command.
 #pragma once
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 
 #include <unistd.h>
@@ -27,6 +30,20 @@
 #define EXPECT_OK(expr) SHAREDFS_STATUS_CHECK_(EXPECT_TRUE, expr)
 
 namespace sharedfs::testing {
+
+// A tcp port on 127.0.0.1 that was free a moment ago (bound to port 0 and closed again:
+// another process may take it in between, which tests accept).
+inline int free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
 
 struct CommandResult {
   int rc = -1;      // exit status; -1 if it could not run or was killed

@@ -19,22 +19,11 @@ namespace {
 
 using testing::bytes_of;
 using testing::string_of;
+using sharedfs::testing::free_port;
 
 template <typename T>
 int err(const Result<T>& r) {
   return r.is_ok() ? 0 : r.status().to_errno();
-}
-
-int free_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
 }
 
 class TwoNodeTest : public testing::ImageTest {
