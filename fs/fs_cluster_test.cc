@@ -8,10 +8,12 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <set>
 #include <thread>
 
 #include "dlm/cluster_lock_service.h"
+#include "fs/fs_model_driver.h"
 #include "fs/fs_test_fixture.h"
 
 namespace sharedfs::fs {
@@ -187,6 +189,28 @@ TEST_F(TwoNodeTest, BothNodesCreateInOneDirectoryAtOnce) {
     b().forget(y->ino, 1);
   }
   a().forget(d->ino, 1);
+}
+
+// The single-node model test's operations, each on a random node: every result must be
+// what one file system would give, whichever node made the earlier changes.
+TEST_F(TwoNodeTest, RandomOperationsOnEitherNodeMatchTheModel) {
+  const char* env = std::getenv("SHAREDFS_TWO_NODE_SEED");  // replays a failure
+  const uint64_t seed = env != nullptr ? std::strtoull(env, nullptr, 10) : 11;
+  SCOPED_TRACE("seed " + std::to_string(seed) + " (SHAREDFS_TWO_NODE_SEED)");
+  testing::ModelDriver model(seed, caller_);
+  model.make_tops(a());
+  ASSERT_FALSE(HasFatalFailure());
+  const int kOps = 3000;
+  for (int i = 1; i <= kOps; ++i) {
+    FileSystem& fs = model.rng()() % 2 == 0 ? a() : b();
+    model.step(fs, i);
+    if (i % 500 == 0) {
+      model.compare(a(), i);
+      model.compare(b(), i);
+    }
+    if (HasFatalFailure()) return;
+  }
+  for (int k = 0; k < testing::ModelDriver::kKinds; ++k) EXPECT_GT(model.count(k), kOps / 16);
 }
 
 }  // namespace
