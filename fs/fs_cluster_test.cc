@@ -191,6 +191,41 @@ TEST_F(TwoNodeTest, BothNodesCreateInOneDirectoryAtOnce) {
   a().forget(d->ino, 1);
 }
 
+// DESIGN.md §4 "stale replay": node A changes a block and gives up its lock, node B
+// changes the same block, A crashes. A's journal, replayed at its next mount, must not
+// put A's old image back over B's change (the flush checkpointed and emptied A's log).
+TEST_F(TwoNodeTest, ReplayAfterACrashDoesNotUndoTheOtherNodesChange) {
+  const Ino root = a().root();
+  auto f = a().mknod(root, "x", S_IFREG | 0644, 0, caller_);
+  ASSERT_OK(f);
+  ASSERT_OK(a().write(f->ino, 0, bytes_of("from a")));
+  a().forget(f->ino, 1);
+  SetAttr chmod;
+  chmod.mode = 0600;
+  ASSERT_OK(b().setattr(f->ino, chmod, caller_));  // A flushes; B changes the inode block
+  ASSERT_OK(b().write(f->ino, 0, bytes_of("from b")));
+  auto flushed = b().fsync(f->ino, false);        // B's change is durable in B's journal
+  ASSERT_OK(flushed);
+  // A dies without unmounting and comes back: its slot's journal is replayed.
+  node_[0].fs->abandon();
+  node_[0].fs.reset();
+  MountOptions o;
+  o.slot = 0;
+  o.node_id = 1;
+  o.check_live_slot = false;
+  o.locks = node_[0].locks;
+  o.flush_target = node_[0].target;
+  o.cluster_allocation_lock = true;
+  auto again = FileSystem::mount(*dev_, o);
+  ASSERT_OK(again);
+  node_[0].fs = std::move(*again);
+  auto st = a().lookup(root, "x");
+  ASSERT_OK(st);
+  EXPECT_EQ(st->st.st_mode & 07777, 0600u);
+  EXPECT_EQ(string_of(*a().read(f->ino, 0, 100)), "from b");
+  a().forget(f->ino, 1);
+}
+
 // The single-node model test's operations, each on a random node: every result must be
 // what one file system would give, whichever node made the earlier changes.
 TEST_F(TwoNodeTest, RandomOperationsOnEitherNodeMatchTheModel) {
