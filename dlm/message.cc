@@ -155,17 +155,22 @@ class Reader {
   bool ok_ = true;
 };
 
+// The fields a request and a report of it (at recovery) share, in this order.
+void write_request_fields(const Message& m, Writer& w) {
+  w.u64(m.lock_id);
+  w.u64(m.req_id);
+  w.name(m.name);
+  w.u8(static_cast<uint8_t>(m.op));
+  w.u8(m.flags);
+  w.u8(static_cast<uint8_t>(m.mode));
+}
+
 void write_body(const Message& m, Writer& w) {
   switch (m.type) {
     case MessageType::kAck:
       break;
     case MessageType::kRequest:
-      w.u64(m.lock_id);
-      w.u64(m.req_id);
-      w.name(m.name);
-      w.u8(static_cast<uint8_t>(m.op));
-      w.u8(m.flags);
-      w.u8(static_cast<uint8_t>(m.mode));
+      write_request_fields(m, w);
       w.u8(m.has_lvb ? 1 : 0);
       if (m.has_lvb) w.lvb(m.lvb);
       break;
@@ -181,12 +186,7 @@ void write_body(const Message& m, Writer& w) {
       w.u8(static_cast<uint8_t>(m.mode));
       break;
     case MessageType::kReport:
-      w.u64(m.lock_id);
-      w.u64(m.req_id);
-      w.name(m.name);
-      w.u8(static_cast<uint8_t>(m.op));
-      w.u8(m.flags);
-      w.u8(static_cast<uint8_t>(m.mode));
+      write_request_fields(m, w);
       w.u8(m.granted ? static_cast<uint8_t>(*m.granted) : kNoMode);
       w.u8(m.has_lvb ? 1 : 0);
       w.lvb(m.lvb);
@@ -211,18 +211,22 @@ Op read_op(Reader& r) {
   return static_cast<Op>(v);
 }
 
+void read_request_fields(Message& m, Reader& r) {
+  m.lock_id = r.u64();
+  m.req_id = r.u64();
+  m.name = r.name();
+  m.op = read_op(r);
+  m.flags = r.u8();
+  m.mode = r.mode();
+}
+
 void read_body(Message& m, Reader& r) {
   switch (m.type) {
     case MessageType::kAck:
       break;
     case MessageType::kRequest:
-      m.lock_id = r.u64();
-      m.req_id = r.u64();
-      m.name = r.name();
-      m.op = read_op(r);
-      if (m.op == Op::kNone) r.fail();
-      m.flags = r.u8();
-      m.mode = r.mode();
+      read_request_fields(m, r);
+      if (m.op == Op::kNone) r.fail();  // a report may carry no operation, a request not
       m.has_lvb = r.flag();
       if (m.has_lvb) m.lvb = r.lvb();
       break;
@@ -241,12 +245,7 @@ void read_body(Message& m, Reader& r) {
       m.mode = r.mode();
       break;
     case MessageType::kReport: {
-      m.lock_id = r.u64();
-      m.req_id = r.u64();
-      m.name = r.name();
-      m.op = read_op(r);
-      m.flags = r.u8();
-      m.mode = r.mode();
+      read_request_fields(m, r);
       const uint8_t g = r.u8();
       if (g == kNoMode) {
         m.granted.reset();

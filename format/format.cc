@@ -1,5 +1,7 @@
 #include "format/format.h"
 
+#include <sys/stat.h>
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -980,6 +982,27 @@ Result<JournalCommit> JournalCommit::decode(std::span<const std::byte> block,
     return corrupt(BlockType::kJournalCommit, ctx.blkno, "more images than log blocks");
   }
   return c;
+}
+
+FileType file_type_of_mode(uint32_t mode) {
+  switch (mode & S_IFMT) {
+    case S_IFREG:
+      return FileType::kRegular;
+    case S_IFDIR:
+      return FileType::kDirectory;
+    case S_IFCHR:
+      return FileType::kCharDev;
+    case S_IFBLK:
+      return FileType::kBlockDev;
+    case S_IFIFO:
+      return FileType::kFifo;
+    case S_IFSOCK:
+      return FileType::kSocket;
+    case S_IFLNK:
+      return FileType::kSymlink;
+    default:
+      return FileType::kUnknown;
+  }
 }
 
 }  // namespace sharedfs::format

@@ -297,6 +297,8 @@ enum class FileType : uint8_t {
   kSocket = 6,
   kSymlink = 7,
 };
+// The directory-entry type of an inode mode (its S_IFMT bits); kUnknown for anything else.
+FileType file_type_of_mode(uint32_t mode);
 
 struct Inode {
   // flags

@@ -30,27 +30,6 @@ uint64_t timespec_ns(const timespec& ts) {
   return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
 }
 
-format::FileType file_type_of(uint32_t mode) {
-  switch (mode & S_IFMT) {
-    case S_IFREG:
-      return format::FileType::kRegular;
-    case S_IFDIR:
-      return format::FileType::kDirectory;
-    case S_IFCHR:
-      return format::FileType::kCharDev;
-    case S_IFBLK:
-      return format::FileType::kBlockDev;
-    case S_IFIFO:
-      return format::FileType::kFifo;
-    case S_IFSOCK:
-      return format::FileType::kSocket;
-    case S_IFLNK:
-      return format::FileType::kSymlink;
-    default:
-      return format::FileType::kUnknown;
-  }
-}
-
 uint32_t dirent_type(format::FileType type) {
   switch (type) {
     case format::FileType::kRegular:

@@ -257,12 +257,15 @@ class FileSystem {
   Result<bool> is_ancestor(Ino maybe_ancestor, Ino dir);
 
   Status truncate_blocks(journal::Handle& h, InodeRef& ref, uint64_t new_size);
+  Status unmap_blocks(journal::Handle& h, InodeRef& ref, uint64_t first, uint64_t end);
   Status zero_range_on_device(InodeRef& ref, uint64_t offset, uint64_t length);
   Status punch(journal::Handle& h, InodeRef& ref, uint64_t offset, uint64_t length);
   Status preallocate(journal::Handle& h, InodeRef& ref, uint64_t first_block, uint64_t end_block);
 
   Result<format::XattrBlock> load_xattrs(const format::Inode& inode, Ino ino);
   Status store_xattrs(journal::Handle& h, InodeRef& ref, format::XattrBlock& xb);
+  // Stores `xb` and the inode (ctime now) in a change of its own.
+  Status write_xattrs(InodeRef& ref, format::XattrBlock& xb);
   // New inode `child` in `parent`: applies the parent's default ACL (or the umask) to
   // child.inode.mode and gives the child its ACLs. Call before the child is stored.
   Status inherit_acls(journal::Handle& h, const InodeRef& parent, InodeRef& child,

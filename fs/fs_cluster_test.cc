@@ -9,7 +9,6 @@
 
 #include <atomic>
 #include <cstdlib>
-#include <set>
 #include <thread>
 
 #include "dlm/cluster_lock_service.h"
@@ -20,6 +19,7 @@ namespace sharedfs::fs {
 namespace {
 
 using testing::bytes_of;
+using testing::names_in;
 using testing::string_of;
 using sharedfs::testing::free_port;
 
@@ -91,21 +91,6 @@ class TwoNodeTest : public testing::ImageTest {
 
   FileSystem& a() { return *node_[0].fs; }
   FileSystem& b() { return *node_[1].fs; }
-
-  std::set<std::string> names_in(FileSystem& fs, Ino dir) {
-    std::set<std::string> out;
-    uint64_t cookie = 0;
-    for (;;) {
-      auto page = fs.readdir(dir, cookie, 64);
-      EXPECT_TRUE(page.is_ok());
-      if (!page.is_ok() || page->empty()) break;
-      for (auto& e : *page) {
-        out.insert(e.name);
-        cookie = e.cookie;
-      }
-    }
-    return out;
-  }
 
   Caller caller_{0, 0, 022};
   Node node_[2];

@@ -234,17 +234,20 @@ Status FileSystem::zero_range_on_device(InodeRef& ref, uint64_t offset, uint64_t
 }
 
 Status FileSystem::truncate_blocks(journal::Handle& h, InodeRef& ref, uint64_t new_size) {
-  Inode& n = ref.inode;
   // The tail of the new last block must read as zeros if the file grows again.
   if (new_size % bs_ != 0) {
     RETURN_IF_ERROR(zero_range_on_device(ref, new_size, bs_ - new_size % bs_));
   }
-  const uint64_t first_gone = (new_size + bs_ - 1) / bs_;
-  ExtentTree t(*tm_, *alloc_, sb_, ref.ino, n);
-  ASSIGN_OR_RETURN(auto ranges, t.remove(h, first_gone, UINT64_MAX));
+  return unmap_blocks(h, ref, (new_size + bs_ - 1) / bs_, UINT64_MAX);
+}
+
+// Unmaps the file blocks [first, end) and frees the device blocks they mapped.
+Status FileSystem::unmap_blocks(journal::Handle& h, InodeRef& ref, uint64_t first, uint64_t end) {
+  ExtentTree t(*tm_, *alloc_, sb_, ref.ino, ref.inode);
+  ASSIGN_OR_RETURN(auto ranges, t.remove(h, first, end));
   for (const auto& r : ranges) {
     RETURN_IF_ERROR(alloc_->free(h, r, /*metadata=*/false));
-    n.blocks -= r.count;
+    ref.inode.blocks -= r.count;
   }
   return Status::ok();
 }
@@ -260,14 +263,7 @@ Status FileSystem::punch(journal::Handle& h, InodeRef& ref, uint64_t offset, uin
   }
   if (offset % bs_ != 0) RETURN_IF_ERROR(zero_range_on_device(ref, offset, bs_ - offset % bs_));
   if (end % bs_ != 0) RETURN_IF_ERROR(zero_range_on_device(ref, end - end % bs_, end % bs_));
-  if (end_full > first_full) {
-    ExtentTree t(*tm_, *alloc_, sb_, ref.ino, n);
-    ASSIGN_OR_RETURN(auto ranges, t.remove(h, first_full, end_full));
-    for (const auto& r : ranges) {
-      RETURN_IF_ERROR(alloc_->free(h, r, /*metadata=*/false));
-      n.blocks -= r.count;
-    }
-  }
+  if (end_full > first_full) RETURN_IF_ERROR(unmap_blocks(h, ref, first_full, end_full));
   return Status::ok();
 }
 

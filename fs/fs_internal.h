@@ -60,7 +60,6 @@ inline Status posix_error(int err, std::string message) {
 
 uint64_t now_ns();
 uint64_t timespec_ns(const timespec& ts);
-format::FileType file_type_of(uint32_t mode);
 uint32_t dirent_type(format::FileType type);  // DT_*
 // ENAMETOOLONG / EINVAL for names a directory cannot hold.
 Status check_name(std::string_view name);

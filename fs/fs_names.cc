@@ -144,7 +144,7 @@ Result<Attr> FileSystem::create_node_once(Ino parent, std::string_view name, uin
         return acl;
       }
     }
-    auto added = d.add(h, {ino, 0, detail::file_type_of(mode), std::string(name)});
+    auto added = d.add(h, {ino, 0, format::file_type_of_mode(mode), std::string(name)});
     if (!added) {
       if (n.xattr_block != 0) (void)alloc_->free(h, {n.xattr_block, 1}, true);
       (void)alloc_->free_inode(h, ino);
@@ -185,7 +185,7 @@ Result<Attr> FileSystem::link(Ino ino, Ino new_parent, std::string_view new_name
     Directory d(*tm_, *alloc_, sb_, new_parent, pref.inode);
     ASSIGN_OR_RETURN(auto change, begin_change());
     journal::Handle& h = change.handle;
-    RETURN_IF_ERROR(d.add(h, {ino, 0, detail::file_type_of(cref.inode.mode), std::string(new_name)}));
+    RETURN_IF_ERROR(d.add(h, {ino, 0, format::file_type_of_mode(cref.inode.mode), std::string(new_name)}));
     const uint64_t now = detail::now_ns();
     ++cref.inode.nlink;
     cref.inode.ctime_ns = now;
@@ -348,9 +348,9 @@ Status FileSystem::rename(Ino p1, std::string_view n1, Ino p2, std::string_view 
     ASSIGN_OR_RETURN(auto change, begin_change());
     journal::Handle& h = change.handle;
     const uint64_t now = detail::now_ns();
-    const auto src_type = detail::file_type_of(sref.inode.mode);
+    const auto src_type = format::file_type_of_mode(sref.inode.mode);
     if (exchange) {
-      const auto dst_type = detail::file_type_of(dref->inode.mode);
+      const auto dst_type = format::file_type_of_mode(dref->inode.mode);
       RETURN_IF_ERROR(d1.remove(h, n1).status());
       RETURN_IF_ERROR(d2.remove(h, n2).status());
       RETURN_IF_ERROR(d1.add(h, {dst, 0, dst_type, std::string(n1)}));

@@ -10,7 +10,6 @@
 #include <cstring>
 #include <map>
 #include <random>
-#include <set>
 #include <thread>
 
 #include "device/device.h"
@@ -20,23 +19,9 @@ namespace sharedfs::fs {
 namespace {
 
 using testing::bytes_of;
+using testing::names_in;
 using testing::FsTest;
 using testing::string_of;
-
-std::vector<std::string> names_in(FileSystem& fs, Ino dir) {
-  std::vector<std::string> out;
-  uint64_t cookie = 0;
-  for (;;) {
-    auto page = fs.readdir(dir, cookie, 7);
-    EXPECT_TRUE(page.is_ok());
-    if (!page.is_ok() || page->empty()) break;
-    for (auto& e : *page) {
-      out.push_back(e.name);
-      cookie = e.cookie;
-    }
-  }
-  return out;
-}
 
 TEST_F(FsTest, CreateLookupStatUnlink) {
   const Ino root = fs_->root();

@@ -21,6 +21,23 @@ inline std::string string_of(const std::vector<std::byte>& v) {
   return std::string(reinterpret_cast<const char*>(v.data()), v.size());
 }
 
+// Every name in `dir` (with . and ..), in readdir order, read a few entries per call so
+// that cookies are exercised.
+inline std::vector<std::string> names_in(FileSystem& fs, Ino dir) {
+  std::vector<std::string> out;
+  uint64_t cookie = 0;
+  for (;;) {
+    auto page = fs.readdir(dir, cookie, 7);
+    EXPECT_TRUE(page.is_ok());
+    if (!page.is_ok() || page->empty()) break;
+    for (auto& e : *page) {
+      out.push_back(e.name);
+      cookie = e.cookie;
+    }
+  }
+  return out;
+}
+
 // A sparse image under /var/tmp, formatted with 2 slots; fs/ test fixtures build on it.
 class ImageTest : public ::testing::Test {
  protected:

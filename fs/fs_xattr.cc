@@ -256,11 +256,7 @@ Status FileSystem::setxattr(Ino ino, std::string_view name, std::span<const uint
     if (XattrBlock::bytes_for(xb.entries) > XattrBlock::area(bs_)) {
       return posix_error(ENOSPC, "the inode's xattrs do not fit one block");
     }
-    ASSIGN_OR_RETURN(auto change, begin_change());
-    journal::Handle& h = change.handle;
-    RETURN_IF_ERROR(store_xattrs(h, ref, xb));
-    ref.inode.ctime_ns = detail::now_ns();
-    store(h, ref);
+    RETURN_IF_ERROR(write_xattrs(ref, xb));
   }
   return maybe_commit();
 }
@@ -275,13 +271,18 @@ Status FileSystem::removexattr(Ino ino, std::string_view name) {
                            [&](const auto& e) { return e.name == name; });
     if (it == xb.entries.end()) return posix_error(ENODATA, fmt::format("no xattr \"{}\"", name));
     xb.entries.erase(it);
-    ASSIGN_OR_RETURN(auto change, begin_change());
-    journal::Handle& h = change.handle;
-    RETURN_IF_ERROR(store_xattrs(h, ref, xb));
-    ref.inode.ctime_ns = detail::now_ns();
-    store(h, ref);
+    RETURN_IF_ERROR(write_xattrs(ref, xb));
   }
   return maybe_commit();
+}
+
+Status FileSystem::write_xattrs(InodeRef& ref, format::XattrBlock& xb) {
+  ASSIGN_OR_RETURN(auto change, begin_change());
+  journal::Handle& h = change.handle;
+  RETURN_IF_ERROR(store_xattrs(h, ref, xb));
+  ref.inode.ctime_ns = detail::now_ns();
+  store(h, ref);
+  return Status::ok();
 }
 
 Status FileSystem::inherit_acls(journal::Handle& h, const InodeRef& parent, InodeRef& child,

@@ -130,27 +130,6 @@ std::string describe(const Owner& o, std::string_view path) {
   return who;
 }
 
-FileType type_of_mode(uint32_t mode) {
-  switch (mode & S_IFMT) {
-    case S_IFREG:
-      return FileType::kRegular;
-    case S_IFDIR:
-      return FileType::kDirectory;
-    case S_IFCHR:
-      return FileType::kCharDev;
-    case S_IFBLK:
-      return FileType::kBlockDev;
-    case S_IFIFO:
-      return FileType::kFifo;
-    case S_IFSOCK:
-      return FileType::kSocket;
-    case S_IFLNK:
-      return FileType::kSymlink;
-    default:
-      return FileType::kUnknown;
-  }
-}
-
 std::string_view type_name(FileType t) {
   switch (t) {
     case FileType::kRegular:
@@ -454,7 +433,7 @@ class Walker {
   // Inodes
 
   void check_inode_fields(uint64_t ino, const Inode& n, std::string_view path) {
-    const FileType type = type_of_mode(n.mode);
+    const FileType type = format::file_type_of_mode(n.mode);
     if (type == FileType::kUnknown) {
       problem(ino, label(ino, path), fmt::format("mode {:o} has no known file type", n.mode));
     }
@@ -1108,7 +1087,7 @@ class Walker {
       return Status::ok();
     }
     const std::string path = join_path(d.path, e.name);
-    const FileType type = type_of_mode(n->mode);
+    const FileType type = format::file_type_of_mode(n->mode);
     if (e.type != type) {
       problem(x.where, who,
               fmt::format("entry \"{}\" says {}, but inode {} is a {}", e.name, type_name(e.type),
