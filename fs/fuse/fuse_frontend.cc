@@ -291,18 +291,13 @@ void op_write(fuse_req_t req, fuse_ino_t ino, const char* data, size_t size, off
   fuse_reply_write(req, *n);
 }
 
-
 void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info*) {
   reply_status(req, fs_of(req).fsync(to_fs(req, ino), datasync != 0));
 }
 
-void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  auto a = fs_of(req).getattr(to_fs(req, ino));
-  if (!a) return reply_status(req, a.status());
-  if (!S_ISDIR(a->st.st_mode)) {
-    fuse_reply_err(req, ENOTDIR);
-    return;
-  }
+// The kernel sends OPENDIR for directories only (ENOTDIR is its own answer), and READDIR
+// reports a vanished directory: nothing to look at here.
+void op_opendir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
   fi->cache_readdir = 1;
   fi->keep_cache = 1;
   fuse_reply_open(req, fi);
