@@ -3,6 +3,9 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
 #include <chrono>
 
 namespace sharedfs::dlm {
@@ -29,9 +32,11 @@ DlmNode::DlmNode(DlmNodeOptions options, std::unique_ptr<ZmqTransport> transport
     : opts_(std::move(options)),
       transport_(std::move(transport)),
       manager_(LockManagerOptions{opts_.self, opts_.cluster_secret, transport_.get(),
-                                  opts_.retransmit_ms}),
+                                  opts_.retransmit_ms, /*log_rejected=*/true,
+                                  [this](const Message& m) { heartbeats_in_.push_back(m); }}),
       cache_(manager_, std::move(flush), std::move(blocked)),
       wake_fd_(wake_fd),
+      codec_(opts_.cluster_secret),
       thread_([this] { run(); }) {}
 
 DlmNode::~DlmNode() {
@@ -75,6 +80,83 @@ Status DlmNode::journal_replayed(const Member& departed) {
   return status;
 }
 
+Status DlmNode::join(const MembershipAgentOptions& options, std::chrono::milliseconds timeout) {
+  post([this, options](LockManager& lm, LockCache&) {
+    SHAREDFS_CHECK(!agent_, "DlmNode::join called twice");
+    auto send = [this](const Message& m) { transport_->send(m.to, codec_.encode(m)); };
+    auto install = [this, &lm](const View& v) {
+      Status st = lm.set_membership(v.membership);
+      if (!st) {
+        spdlog::error("dlm node {}: epoch {}: {}", opts_.self.to_string(), v.membership.epoch,
+                      st.to_string());
+        return;
+      }
+      for (const Member& c : v.clean) {
+        if (std::find(v.membership.members.begin(), v.membership.members.end(), c) ==
+            v.membership.members.end()) {
+          (void)lm.journal_replayed(c);
+        }
+      }
+    };
+    agent_ = std::make_unique<MembershipAgent>(options, send, install);
+    agent_->start(now_ms());
+    drive_membership(now_ms());
+  });
+  std::unique_lock lock(mu_);
+  if (!membership_cv_.wait_for(lock, timeout, [&] { return joined_; })) {
+    return make_status(Code::kBusy,
+                       "node {} was not admitted to the cluster within {} ms (are the other "
+                       "nodes' addresses and the cluster secret right?)",
+                       opts_.self.id.value, timeout.count());
+  }
+  return Status::ok();
+}
+
+Status DlmNode::leave(std::chrono::milliseconds timeout) {
+  post([this](LockManager&, LockCache&) {
+    if (!agent_) return;
+    agent_->leave(now_ms());
+    drive_membership(now_ms());
+  });
+  std::unique_lock lock(mu_);
+  if (!membership_cv_.wait_for(lock, timeout, [&] { return left_ || !joined_; })) {
+    return make_status(Code::kBusy, "node {}: no other node confirmed its departure in {} ms",
+                       opts_.self.id.value, timeout.count());
+  }
+  return Status::ok();
+}
+
+DlmNode::MembershipStatus DlmNode::membership_status() {
+  MembershipStatus out;
+  call([&](LockManager&, LockCache&) {
+    if (!agent_) return;
+    const uint64_t now = now_ms();
+    out.joined = agent_->joined();
+    out.expelled = agent_->expelled();
+    out.coordinator = agent_->coordinator(now);
+    out.view = agent_->view();
+    out.peers = agent_->peers(now);
+  });
+  return out;
+}
+
+// Driver thread: hands queued heartbeats to the agent and publishes joined/left.
+void DlmNode::drive_membership(uint64_t now) {
+  if (!agent_) {
+    heartbeats_in_.clear();
+    return;
+  }
+  for (const Message& m : heartbeats_in_) agent_->on_heartbeat(m, now);
+  heartbeats_in_.clear();
+  agent_->tick(now);
+  std::lock_guard lock(mu_);
+  if (joined_ != agent_->joined() || left_ != agent_->left()) {
+    joined_ = agent_->joined();
+    left_ = agent_->left();
+    membership_cv_.notify_all();
+  }
+}
+
 void DlmNode::run() {
   uint64_t last_tick = now_ms();
   std::deque<Task> batch;
@@ -94,6 +176,9 @@ void DlmNode::run() {
     }
     for (auto& task : batch) task(manager_, cache_);
     batch.clear();
+    if (!heartbeats_in_.empty() || now_ms() >= last_tick + opts_.tick_ms) {
+      drive_membership(now_ms());
+    }
     if (now_ms() >= last_tick + opts_.tick_ms) {
       last_tick = now_ms();
       manager_.tick(last_tick);

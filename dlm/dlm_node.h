@@ -6,8 +6,12 @@
 // Completions and blocking callbacks therefore run on the driver thread and must not block
 // it (ClusterLockService hands flushes to its own thread).
 //
-// Thread-safety: post(), call(), set_membership() and journal_replayed() may be called
-// from any thread.
+// Membership comes either from outside (set_membership(), journal_replayed(): tests, the
+// simulator) or from the node's MembershipAgent, which join() starts on the driver thread:
+// heartbeats then travel on the same sockets as lock traffic.
+//
+// Thread-safety: post(), call(), set_membership(), journal_replayed(), join(), leave() and
+// membership_status() may be called from any thread.
 #pragma once
 
 #include <condition_variable>
@@ -21,6 +25,7 @@
 #include "common/status.h"
 #include "dlm/lock_cache.h"
 #include "dlm/lock_manager.h"
+#include "dlm/membership_agent.h"
 #include "dlm/zmq_transport.h"
 
 namespace sharedfs::dlm {
@@ -53,19 +58,44 @@ class DlmNode {
   Status journal_replayed(const Member& departed);
   const Member& self() const { return opts_.self; }
 
+  // Starts heartbeating and waits until a view that includes this node is installed.
+  // kBusy when none comes within `timeout`.
+  Status join(const MembershipAgentOptions& options, std::chrono::milliseconds timeout);
+  // After the journal is clean: announces the departure and waits until the others have a
+  // view without this node (or nobody else is alive). kBusy otherwise; the others then
+  // treat the node as failed once its heartbeats stop.
+  Status leave(std::chrono::milliseconds timeout);
+
+  struct MembershipStatus {
+    bool joined = false;
+    bool expelled = false;
+    bool coordinator = false;
+    View view;
+    std::vector<PeerState> peers;
+  };
+  MembershipStatus membership_status();
+
  private:
   DlmNode(DlmNodeOptions options, std::unique_ptr<ZmqTransport> transport,
           LockCache::FlushHook flush, LockCache::BlockedHook blocked, int wake_fd);
   void run();
+  void drive_membership(uint64_t now);
 
   DlmNodeOptions opts_;
   std::unique_ptr<ZmqTransport> transport_;
   LockManager manager_;
   LockCache cache_;
   int wake_fd_;
+  // Driver thread only.
+  std::unique_ptr<MembershipAgent> agent_;
+  std::vector<Message> heartbeats_in_;
+  MessageCodec codec_;  // heartbeats out
   std::mutex mu_;
+  std::condition_variable membership_cv_;  // joined/left changed
   std::deque<Task> tasks_;  // GUARDED_BY(mu_)
   bool stop_ = false;       // GUARDED_BY(mu_)
+  bool joined_ = false;     // GUARDED_BY(mu_)
+  bool left_ = false;       // GUARDED_BY(mu_)
   std::thread thread_;
 };
 

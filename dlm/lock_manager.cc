@@ -716,6 +716,14 @@ void LockManager::receive(std::span<const std::byte> bytes) {
     return;
   }
   const Message& m = *decoded;
+  if (m.type == MessageType::kHeartbeat) {
+    // Membership travels outside the epochs it decides.
+    if (opts_.on_heartbeat) {
+      ++stats_.heartbeats;
+      opts_.on_heartbeat(m);
+    }
+    return;
+  }
   if (m.epoch != epoch_) {
     // Older: replaced by recovery reports. Newer: we have not been told yet; the sender
     // retransmits until we have.
@@ -791,6 +799,8 @@ void LockManager::dispatch(const Message& m) {
     case MessageType::kReportsDone:
       on_reports_done(m);
       break;
+    case MessageType::kHeartbeat:
+      break;  // handled in receive()
   }
 }
 

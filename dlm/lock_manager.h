@@ -68,6 +68,9 @@ struct LockManagerOptions {
   // Log dropped malformed or unauthenticated messages (the 1st, 2nd, 4th, 8th, ...), so an
   // operator sees a stray sender or a wrong secret without a flood filling the log.
   bool log_rejected = true;
+  // Heartbeats (any epoch, any configured sender) go here instead of the link layer; null:
+  // dropped. Runs on the caller's thread inside receive().
+  std::function<void(const Message&)> on_heartbeat;
 };
 
 struct LockManagerStats {
@@ -80,6 +83,7 @@ struct LockManagerStats {
   uint64_t dropped_not_member = 0;    // unknown sender or not addressed to us
   uint64_t dropped_out_of_order = 0;  // duplicates and gaps, the link retransmits
   uint64_t dropped_stale = 0;  // replies or blocking callbacks for requests no longer pending
+  uint64_t heartbeats = 0;     // handed to LockManagerOptions::on_heartbeat
 };
 
 class LockManager {

@@ -28,6 +28,7 @@ struct Member {
 struct Membership {
   uint64_t epoch = 0;
   std::vector<Member> members;
+  bool operator==(const Membership&) const = default;
 };
 
 // Rendezvous (highest random weight) hashing: every member scores the resource and the

@@ -28,6 +28,8 @@ std::string_view message_type_name(MessageType type) {
       return "record";
     case MessageType::kReportsDone:
       return "reports-done";
+    case MessageType::kHeartbeat:
+      return "heartbeat";
   }
   return "?";
 }
@@ -202,6 +204,11 @@ void write_body(const Message& m, Writer& w) {
       w.members(m.members);
       w.members(m.replayed);
       break;
+    case MessageType::kHeartbeat:
+      w.u8(m.flags);
+      w.members(m.members);
+      w.members(m.replayed);
+      break;
   }
 }
 
@@ -265,6 +272,12 @@ void read_body(Message& m, Reader& r) {
       m.members = r.members();
       break;
     case MessageType::kReportsDone:
+      m.members = r.members();
+      m.replayed = r.members();
+      break;
+    case MessageType::kHeartbeat:
+      m.flags = r.u8();
+      if ((m.flags & ~kFlagLeaving) != 0) r.fail();
       m.members = r.members();
       m.replayed = r.members();
       break;
@@ -356,7 +369,7 @@ Result<Message> MessageCodec::decode(std::span<const std::byte> bytes) const {
   Message m;
   const uint8_t type = h.u8();
   if (type < static_cast<uint8_t>(MessageType::kAck) ||
-      type > static_cast<uint8_t>(MessageType::kReportsDone)) {
+      type > static_cast<uint8_t>(MessageType::kHeartbeat)) {
     return make_status(Code::kCorruption, "dlm message of unknown type {}", type);
   }
   m.type = static_cast<MessageType>(type);

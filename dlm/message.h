@@ -45,6 +45,7 @@ enum class MessageType : uint8_t {
   kReport = 5,       // recovery, client -> new master: one lock as the client sees it
   kRecord = 6,       // recovery, old master -> new master: a resource's value block and holds
   kReportsDone = 7,  // recovery: the sender has sent all its reports and records to you
+  kHeartbeat = 8,    // membership (dlm/membership_agent.h), outside the link layer: seq 0
 };
 std::string_view message_type_name(MessageType type);
 
@@ -56,7 +57,8 @@ enum class ReplyResult : uint8_t {
   kDeadlock = 2,    // an up-convert cancelled to break a conversion deadlock
 };
 
-inline constexpr uint8_t kFlagTry = 1;  // Request/Report flags
+inline constexpr uint8_t kFlagTry = 1;      // Request/Report flags
+inline constexpr uint8_t kFlagLeaving = 1;  // Heartbeat flags: journal clean, leaving
 
 // One struct for all types: each type's body uses the fields its comment names.
 struct Message {
@@ -76,6 +78,7 @@ struct Message {
   ResourceName name;
   // Request, Report.
   Op op = Op::kNone;
+  // Request, Report, Heartbeat.
   uint8_t flags = 0;
   // Request, Report: the mode asked for. Reply: the mode granted. Blocking: the mode of
   // the request that waits.
@@ -92,8 +95,10 @@ struct Message {
   std::optional<Member> ex_holder;
   // Record: departed members whose journals must be replayed before a grant.
   // ReportsDone: departed members whose journals are not replayed yet.
+  // Heartbeat: the members of the sender's view (of epoch `epoch`).
   std::vector<Member> members;
   // ReportsDone: the newest replayed incarnation of each node that departed.
+  // Heartbeat: the view's clean list (dlm/membership_agent.h).
   std::vector<Member> replayed;
 };
 

@@ -1,0 +1,235 @@
+#include "dlm/membership_agent.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+namespace sharedfs::dlm {
+
+namespace {
+std::string list(const std::vector<Member>& ms) {
+  std::string s;
+  for (const Member& m : ms) s += (s.empty() ? "" : ",") + std::to_string(m.id.value);
+  return "{" + s + "}";
+}
+}  // namespace
+
+MembershipAgent::MembershipAgent(MembershipAgentOptions options, Send send, Install install)
+    : opts_(std::move(options)), send_(std::move(send)), install_(std::move(install)) {
+  SHAREDFS_CHECK(configured(opts_.self.id), "membership: this node is not in the configuration");
+  SHAREDFS_CHECK(opts_.heartbeat_interval_ms > 0 && opts_.dead_after_ms > opts_.heartbeat_interval_ms,
+                 "membership: the dead-node timeout must exceed the heartbeat interval");
+}
+
+bool MembershipAgent::configured(NodeId id) const {
+  return std::find(opts_.configured.begin(), opts_.configured.end(), id) != opts_.configured.end();
+}
+
+bool MembershipAgent::is_alive(const Peer& p, uint64_t now) const {
+  return !p.leaving && now - p.last_heard < opts_.dead_after_ms;
+}
+
+void MembershipAgent::start(uint64_t now) {
+  started_ = now;
+  running_ = true;
+  // Our mount replayed our own journal before starting us: older incarnations are clean.
+  if (opts_.self.incarnation > 0) clean_[opts_.self.id] = opts_.self.incarnation - 1;
+  heartbeat_all();
+  last_sent_ = now;
+  maybe_coordinate(now);
+}
+
+void MembershipAgent::heartbeat_all() {
+  Message m;
+  m.type = MessageType::kHeartbeat;
+  m.epoch = view_.membership.epoch;
+  m.from = opts_.self;
+  m.flags = leaving_ ? kFlagLeaving : 0;
+  m.members = view_.membership.members;
+  m.replayed = view_.clean;
+  for (NodeId id : opts_.configured) {
+    if (id == opts_.self.id) continue;
+    m.to = id;
+    send_(m);
+  }
+}
+
+void MembershipAgent::on_heartbeat(const Message& m, uint64_t now) {
+  if (!running_ || m.to != opts_.self.id || m.from.id == opts_.self.id || !configured(m.from.id)) {
+    return;
+  }
+  auto [it, fresh] = peers_.try_emplace(m.from.id);
+  Peer& p = it->second;
+  if (!fresh && p.member.incarnation > m.from.incarnation) return;  // an older incarnation
+  if (!fresh && p.member.incarnation < m.from.incarnation) {
+    // Restarted: its mount replayed its own journal before its first heartbeat, so every
+    // older incarnation is clean.
+    spdlog::info("membership: node {} restarted", m.from.id.value);
+    auto& c = clean_[m.from.id];
+    c = std::max(c, m.from.incarnation - 1);
+  }
+  if (fresh) {
+    spdlog::info("membership: node {}: heard node {}", opts_.self.id.value, m.from.id.value);
+    if (m.from.incarnation > 0) {
+      auto& c = clean_[m.from.id];
+      c = std::max(c, m.from.incarnation - 1);
+    }
+  }
+  const bool was_leaving = p.leaving;
+  p.member = m.from;
+  p.last_heard = now;
+  p.leaving = (m.flags & kFlagLeaving) != 0;
+  if (p.leaving && !was_leaving) {
+    spdlog::info("membership: node {} is leaving", m.from.id.value);
+    auto& c = clean_[m.from.id];
+    c = std::max(c, m.from.incarnation);
+  }
+  p.view.membership.epoch = m.epoch;
+  p.view.membership.members = m.members;
+  p.view.clean = m.replayed;
+  for (const Member& c : m.replayed) {
+    auto& mine = clean_[c.id];
+    mine = std::max(mine, c.incarnation);
+  }
+
+  const auto& members = p.view.membership.members;
+  const bool includes_me = std::find(members.begin(), members.end(), opts_.self) != members.end();
+  if (m.epoch > view_.membership.epoch && m.epoch > 0) {
+    if (includes_me) {
+      install(p.view);
+    } else if (joined_ && !leaving_ &&
+               std::any_of(members.begin(), members.end(),
+                           [&](const Member& x) { return x.id == m.from.id; })) {
+      // A newer view without us from a node inside it: we were declared dead.
+      if (!expelled_) {
+        spdlog::error("membership: node {} was dropped from the cluster by epoch {}",
+                      opts_.self.id.value, m.epoch);
+      }
+      expelled_ = true;
+    } else if (leaving_ && joined_) {
+      left_ = true;
+    }
+  } else if (joined_ && m.epoch < view_.membership.epoch &&
+             std::find(view_.membership.members.begin(), view_.membership.members.end(),
+                       m.from) != view_.membership.members.end()) {
+    // A member lags behind: tell it at once rather than at the next interval.
+    heartbeat_all();
+    last_sent_ = now;
+  }
+  maybe_coordinate(now);
+}
+
+void MembershipAgent::tick(uint64_t now) {
+  if (!running_) return;
+  if (now - last_sent_ >= opts_.heartbeat_interval_ms) {
+    heartbeat_all();
+    last_sent_ = now;
+  }
+  if (leaving_ && !left_) {
+    // Alone, or everyone else gone quiet: nobody is left to agree with.
+    const bool anyone = std::any_of(peers_.begin(), peers_.end(),
+                                    [&](const auto& kv) { return is_alive(kv.second, now); });
+    if (!anyone) left_ = true;
+  }
+  maybe_coordinate(now);
+}
+
+void MembershipAgent::leave(uint64_t now) {
+  if (leaving_) return;
+  leaving_ = true;
+  spdlog::info("membership: node {} leaves the cluster", opts_.self.id.value);
+  heartbeat_all();
+  last_sent_ = now;
+  if (!joined_) left_ = true;
+  tick(now);
+}
+
+bool MembershipAgent::coordinator(uint64_t now) const {
+  if (!running_ || leaving_) return false;
+  for (const auto& [id, p] : peers_) {
+    if (id < opts_.self.id && is_alive(p, now)) return false;
+  }
+  return true;
+}
+
+void MembershipAgent::maybe_coordinate(uint64_t now) {
+  if (!coordinator(now) || expelled_) return;
+  std::vector<Member> alive{opts_.self};
+  size_t heard_alive = 0;
+  for (const auto& [id, p] : peers_) {
+    if (is_alive(p, now)) {
+      alive.push_back(p.member);
+      ++heard_alive;
+    }
+  }
+  std::sort(alive.begin(), alive.end());
+  if (!joined_ && heard_alive + 1 < opts_.configured.size() &&
+      now - started_ < opts_.join_wait_ms) {
+    return;  // still listening for a running cluster
+  }
+  uint64_t max_epoch = view_.membership.epoch;
+  bool disagree = false;
+  for (const auto& [id, p] : peers_) {
+    max_epoch = std::max(max_epoch, p.view.membership.epoch);
+    if (is_alive(p, now) && p.view.membership.epoch >= view_.membership.epoch &&
+        p.view.membership != view_.membership) {
+      disagree = true;
+    }
+  }
+  std::vector<Member> clean;
+  for (const auto& [id, inc] : clean_) {
+    // A current member's own incarnation is never clean; older ones are.
+    const auto cur = std::find_if(alive.begin(), alive.end(), [&](const Member& a) { return a.id == id; });
+    if (cur != alive.end() && cur->incarnation <= inc) {
+      if (cur->incarnation == 0) continue;
+      clean.push_back(Member{id, cur->incarnation - 1});
+    } else {
+      clean.push_back(Member{id, inc});
+    }
+  }
+  if (joined_ && !disagree && alive == view_.membership.members && clean == view_.clean) return;
+  View next;
+  next.membership.epoch = max_epoch + 1;
+  next.membership.members = std::move(alive);
+  next.clean = std::move(clean);
+  spdlog::info("membership: node {} coordinates epoch {}: members {}", opts_.self.id.value,
+               next.membership.epoch, list(next.membership.members));
+  install(next);
+  heartbeat_all();
+  last_sent_ = now;
+}
+
+void MembershipAgent::install(const View& v) {
+  view_ = v;
+  joined_ = true;
+  for (const Member& c : v.clean) {
+    auto& mine = clean_[c.id];
+    mine = std::max(mine, c.incarnation);
+  }
+  install_(v);
+}
+
+std::vector<PeerState> MembershipAgent::peers(uint64_t now) const {
+  std::vector<PeerState> out;
+  for (NodeId id : opts_.configured) {
+    PeerState s;
+    s.id = id;
+    if (id == opts_.self.id) {
+      s.member = opts_.self;
+      s.heard_ago_ms = 0;
+      s.alive = running_ && !leaving_;
+      s.leaving = leaving_;
+      s.view_epoch = view_.membership.epoch;
+    } else if (auto it = peers_.find(id); it != peers_.end()) {
+      s.member = it->second.member;
+      s.heard_ago_ms = now - it->second.last_heard;
+      s.alive = is_alive(it->second, now);
+      s.leaving = it->second.leaving;
+      s.view_epoch = it->second.view.membership.epoch;
+    }
+    out.push_back(s);
+  }
+  return out;
+}
+
+}  // namespace sharedfs::dlm

@@ -1,0 +1,125 @@
+// dlm/membership_agent.h — who is in the cluster, agreed over network heartbeats: the
+// membership the DLM's set_membership() needs (docs/cluster.md, "Membership").
+//
+// Every node sends a Heartbeat (dlm/message.h) to every configured peer each interval. It
+// carries the sender's installed view — epoch, members, and the newest incarnation of each
+// node whose journal is known clean — and a `leaving` flag. A node counts a peer alive
+// while it has heard from it within `dead_after_ms` and the peer is not leaving.
+//
+// The coordinator is the lowest alive node id. When the alive set (with incarnations)
+// differs from its view, or a peer reports another view, it installs a new view with an
+// epoch above every epoch it has heard of and sends it at once; the others install any view
+// with a higher epoch that includes them. So joins, clean leaves and timeouts all become one
+// new epoch, the same on every node.
+//
+// Clean departures need no journal replay: a node leaves only after unmounting (journal
+// clean), and a node that restarts replays its own journal at mount before it joins, so
+// its older incarnations are clean once the new one is a member. The view's `clean` list
+// says so, and every node tells its DLM journal_replayed() for them; resources they held
+// are not held back. A node that stops without leaving is only dropped after the timeout,
+// and what it held in EX stays held back until its journal is replayed (issue 6).
+//
+// A starting node does not form a cluster of its own until it has listened for
+// `join_wait_ms` (or heard every configured node): otherwise two nodes starting side by side
+// could each master every lock.
+//
+// Not thread-safe: the DlmNode driver thread calls everything. Time is in milliseconds of
+// any monotonic clock.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/types.h"
+#include "dlm/membership.h"
+#include "dlm/message.h"
+
+namespace sharedfs::dlm {
+
+struct MembershipAgentOptions {
+  Member self;
+  std::vector<NodeId> configured;  // every node of the cluster config, self included
+  uint64_t heartbeat_interval_ms = 500;
+  uint64_t dead_after_ms = 5000;
+  uint64_t join_wait_ms = 1500;
+};
+
+// One installed view.
+struct View {
+  Membership membership;
+  // Per node id, the newest incarnation whose journal is clean (left, or replayed by a
+  // restart). Never lists a current member's incarnation.
+  std::vector<Member> clean;
+  bool operator==(const View&) const = default;
+};
+
+// What the agent knows of one configured peer (status output).
+struct PeerState {
+  NodeId id;
+  std::optional<Member> member;          // as last heard; nullopt: never heard
+  std::optional<uint64_t> heard_ago_ms;  // nullopt: never heard
+  bool alive = false;
+  bool leaving = false;
+  uint64_t view_epoch = 0;  // the epoch the peer reported
+};
+
+class MembershipAgent {
+ public:
+  using Send = std::function<void(const Message& heartbeat)>;
+  using Install = std::function<void(const View& view)>;
+
+  MembershipAgent(MembershipAgentOptions options, Send send, Install install);
+
+  // Starts heartbeating at `now`.
+  void start(uint64_t now);
+  // A Heartbeat addressed to us (authenticated by the codec).
+  void on_heartbeat(const Message& m, uint64_t now);
+  // Time passes: heartbeats, timeouts and the coordinator's decisions.
+  void tick(uint64_t now);
+  // The journal is clean: announce that this node leaves. left() once a view without us is
+  // seen or nobody else is alive.
+  void leave(uint64_t now);
+
+  bool joined() const { return joined_; }
+  bool left() const { return left_; }
+  // A view with a higher epoch that does not include us arrived while we were not leaving.
+  bool expelled() const { return expelled_; }
+  const View& view() const { return view_; }
+  std::vector<PeerState> peers(uint64_t now) const;
+  bool coordinator(uint64_t now) const;
+
+ private:
+  struct Peer {
+    Member member;
+    uint64_t last_heard = 0;
+    bool leaving = false;
+    View view;
+  };
+
+  bool is_alive(const Peer& p, uint64_t now) const;
+  bool configured(NodeId id) const;
+  void heartbeat_all();
+  void maybe_coordinate(uint64_t now);
+  void install(const View& v);
+
+  MembershipAgentOptions opts_;
+  Send send_;
+  Install install_;
+  uint64_t started_ = 0;
+  uint64_t last_sent_ = 0;
+  bool running_ = false;
+  bool leaving_ = false;
+  bool joined_ = false;
+  bool left_ = false;
+  bool expelled_ = false;
+  View view_;
+  std::map<NodeId, Peer> peers_;
+  // Per node id, the newest incarnation known clean (ours included, from views).
+  std::map<NodeId, uint64_t> clean_;
+};
+
+}  // namespace sharedfs::dlm

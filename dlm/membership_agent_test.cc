@@ -1,0 +1,199 @@
+// MembershipAgent on a simulated network and clock: joins, clean leaves, the coordinator
+// leaving, a crash (timeout) and a restart. Every node must end with the same view.
+#include "dlm/membership_agent.h"
+
+#include <gtest/gtest.h>
+
+#include <deque>
+#include <map>
+#include <memory>
+
+namespace sharedfs::dlm {
+namespace {
+
+class Net {
+ public:
+  struct Node {
+    std::unique_ptr<MembershipAgent> agent;
+    std::vector<View> installed;
+    bool up = false;
+  };
+
+  explicit Net(int n) {
+    for (int i = 1; i <= n; ++i) ids_.push_back(NodeId(static_cast<uint32_t>(i)));
+  }
+
+  // Starts (or restarts, as a new incarnation) node `id`.
+  void start(uint32_t id, uint64_t incarnation) {
+    Node& node = nodes_[id];
+    MembershipAgentOptions o;
+    o.self = Member{NodeId(id), incarnation};
+    o.configured = ids_;
+    o.heartbeat_interval_ms = 100;
+    o.dead_after_ms = 1000;
+    o.join_wait_ms = 300;
+    node.installed.clear();
+    node.up = true;
+    node.agent = std::make_unique<MembershipAgent>(
+        o, [this](const Message& m) { wire_.push_back({now_ + 5, m}); },
+        [&node](const View& v) { node.installed.push_back(v); });
+    node.agent->start(now_);
+  }
+  void crash(uint32_t id) {
+    nodes_[id].up = false;
+    nodes_[id].agent.reset();
+  }
+
+  void run_for(uint64_t ms) {
+    const uint64_t end = now_ + ms;
+    while (now_ < end) {
+      ++now_;
+      while (!wire_.empty() && wire_.front().at <= now_) {
+        Message m = wire_.front().m;
+        wire_.pop_front();
+        auto it = nodes_.find(m.to.value);
+        if (it != nodes_.end() && it->second.up) it->second.agent->on_heartbeat(m, now_);
+      }
+      for (auto& [id, n] : nodes_) {
+        if (n.up) n.agent->tick(now_);
+      }
+    }
+  }
+
+  MembershipAgent& agent(uint32_t id) { return *nodes_.at(id).agent; }
+  Node& node(uint32_t id) { return nodes_.at(id); }
+  uint64_t now() const { return now_; }
+
+  // Every running, joined, non-leaving node has this view.
+  void expect_agreed_members(const std::vector<Member>& members) {
+    const View* first = nullptr;
+    for (auto& [id, n] : nodes_) {
+      if (!n.up || n.agent->left()) continue;
+      EXPECT_TRUE(n.agent->joined()) << "node " << id;
+      EXPECT_EQ(n.agent->view().membership.members, members) << "node " << id;
+      if (first == nullptr) first = &n.agent->view();
+      EXPECT_EQ(n.agent->view(), *first) << "node " << id;
+    }
+  }
+
+ private:
+  struct InFlight {
+    uint64_t at;
+    Message m;
+  };
+  std::vector<NodeId> ids_;
+  std::map<uint32_t, Node> nodes_;
+  std::deque<InFlight> wire_;
+  uint64_t now_ = 1000;
+};
+
+Member M(uint32_t id, uint64_t inc) { return Member{NodeId(id), inc}; }
+
+bool has_clean(const View& v, Member m) {
+  for (const Member& c : v.clean) {
+    if (c.id == m.id && c.incarnation >= m.incarnation) return true;
+  }
+  return false;
+}
+
+TEST(MembershipAgent, NodesStartingTogetherAgreeOnOneView) {
+  Net net(3);
+  for (uint32_t i = 1; i <= 3; ++i) net.start(i, 10);
+  net.run_for(250);  // everyone heard everyone: no need to wait out join_wait
+  net.expect_agreed_members({M(1, 10), M(2, 10), M(3, 10)});
+  EXPECT_TRUE(net.agent(1).coordinator(net.now()));
+  EXPECT_FALSE(net.agent(2).coordinator(net.now()));
+  // Quiet afterwards: no epoch churn.
+  const uint64_t epoch = net.agent(1).view().membership.epoch;
+  net.run_for(2000);
+  EXPECT_EQ(net.agent(3).view().membership.epoch, epoch);
+}
+
+TEST(MembershipAgent, ALoneNodeWaitsBeforeFormingItsOwnCluster) {
+  Net net(3);
+  net.start(2, 7);
+  net.run_for(200);
+  EXPECT_FALSE(net.agent(2).joined());  // still listening for a running cluster
+  net.run_for(200);
+  ASSERT_TRUE(net.agent(2).joined());
+  EXPECT_EQ(net.agent(2).view().membership.members, std::vector<Member>{M(2, 7)});
+  // A lower id arriving later takes over as coordinator and admits both.
+  net.start(1, 8);
+  net.run_for(500);
+  net.expect_agreed_members({M(1, 8), M(2, 7)});
+  EXPECT_GT(net.agent(1).view().membership.epoch, 1u);
+}
+
+TEST(MembershipAgent, ACleanLeaveIsDroppedAtOnceAndMarkedClean) {
+  Net net(3);
+  for (uint32_t i = 1; i <= 3; ++i) net.start(i, 5);
+  net.run_for(300);
+  net.agent(3).leave(net.now());
+  net.run_for(100);  // far less than the dead-node timeout
+  EXPECT_TRUE(net.agent(3).left());
+  net.expect_agreed_members({M(1, 5), M(2, 5)});
+  EXPECT_TRUE(has_clean(net.agent(2).view(), M(3, 5)));
+}
+
+TEST(MembershipAgent, TheCoordinatorLeavingHandsOver) {
+  Net net(3);
+  for (uint32_t i = 1; i <= 3; ++i) net.start(i, 5);
+  net.run_for(300);
+  net.agent(1).leave(net.now());
+  net.run_for(100);
+  EXPECT_TRUE(net.agent(1).left());
+  EXPECT_TRUE(net.agent(2).coordinator(net.now()));
+  net.crash(1);
+  net.run_for(50);
+  net.expect_agreed_members({M(2, 5), M(3, 5)});
+  EXPECT_TRUE(has_clean(net.agent(3).view(), M(1, 5)));
+}
+
+TEST(MembershipAgent, ACrashedNodeIsDroppedAfterTheTimeoutAndNotClean) {
+  Net net(3);
+  for (uint32_t i = 1; i <= 3; ++i) net.start(i, 5);
+  net.run_for(300);
+  net.crash(2);
+  net.run_for(800);
+  EXPECT_EQ(net.agent(1).view().membership.members.size(), 3u);  // not dead yet
+  net.run_for(400);
+  net.expect_agreed_members({M(1, 5), M(3, 5)});
+  EXPECT_FALSE(has_clean(net.agent(1).view(), M(2, 5)));
+  // It restarts (its mount replays its journal first): the old incarnation becomes clean.
+  net.start(2, 9);
+  net.run_for(300);
+  net.expect_agreed_members({M(1, 5), M(2, 9), M(3, 5)});
+  EXPECT_TRUE(has_clean(net.agent(3).view(), M(2, 5)));
+  EXPECT_FALSE(has_clean(net.agent(3).view(), M(2, 9)));
+}
+
+TEST(MembershipAgent, ARestartWithinTheTimeoutReplacesTheOldIncarnation) {
+  Net net(2);
+  net.start(1, 5);
+  net.start(2, 5);
+  net.run_for(300);
+  net.crash(1);
+  net.start(1, 6);
+  net.run_for(300);
+  net.expect_agreed_members({M(1, 6), M(2, 5)});
+  EXPECT_TRUE(has_clean(net.agent(2).view(), M(1, 5)));
+  // Views only ever grow their epoch at each node.
+  for (uint32_t id : {1u, 2u}) {
+    const auto& v = net.node(id).installed;
+    for (size_t i = 1; i < v.size(); ++i) {
+      EXPECT_GT(v[i].membership.epoch, v[i - 1].membership.epoch) << "node " << id;
+    }
+  }
+}
+
+TEST(MembershipAgent, LeavingAloneIsImmediate) {
+  Net net(2);
+  net.start(1, 5);
+  net.run_for(400);
+  ASSERT_TRUE(net.agent(1).joined());
+  net.agent(1).leave(net.now());
+  EXPECT_TRUE(net.agent(1).left());
+}
+
+}  // namespace
+}  // namespace sharedfs::dlm
