@@ -130,8 +130,8 @@ Result<ClusterConfig> parse(std::string_view text, std::string_view source,
   }
   cfg.secret = std::move(secret);
 
-  ASSIGN_OR_RETURN(int64_t interval, integer_field(*c, "heartbeat_interval_ms", "[cluster]", source, 1000));
-  ASSIGN_OR_RETURN(int64_t timeout, integer_field(*c, "heartbeat_timeout_ms", "[cluster]", source, 10000));
+  ASSIGN_OR_RETURN(int64_t interval, integer_field(*c, "heartbeat_interval_ms", "[cluster]", source, 500));
+  ASSIGN_OR_RETURN(int64_t timeout, integer_field(*c, "heartbeat_timeout_ms", "[cluster]", source, 5000));
   if (interval < 10 || timeout < 2 * interval) {
     return config_error(source, fmt::format("heartbeat_interval_ms {} must be >= 10 and heartbeat_timeout_ms {} at "
                                             "least twice it",

@@ -6,8 +6,8 @@
 //   name = "prod"                  # recorded on the device by mkfs --cluster-name
 //   id = 42                        # must equal the device's cluster id (mkfs --cluster-id)
 //   secret = "at least 16 bytes"   # or: secret_file = "/etc/sharedfs/secret"
-//   heartbeat_interval_ms = 1000   # optional
-//   heartbeat_timeout_ms = 10000   # optional; a node silent this long is declared dead
+//   heartbeat_interval_ms = 500    # optional
+//   heartbeat_timeout_ms = 5000    # optional; a node silent this long is declared dead
 //
 //   [[node]]
 //   id = 1                         # 1..slots; node N writes journal slot N-1
@@ -45,8 +45,8 @@ struct ClusterConfig {
   std::string name;
   uint64_t id = 0;
   std::string secret;
-  std::chrono::milliseconds heartbeat_interval{1000};
-  std::chrono::milliseconds heartbeat_timeout{10000};
+  std::chrono::milliseconds heartbeat_interval{500};
+  std::chrono::milliseconds heartbeat_timeout{5000};
   std::vector<NodeConfig> nodes;  // sorted by id
 
   // The node with this id, or nullptr.

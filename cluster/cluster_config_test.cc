@@ -54,7 +54,7 @@ TEST(ClusterConfig, ParsesAGoodConfig) {
   EXPECT_EQ(c->id, 42u);
   EXPECT_EQ(c->secret, "0123456789abcdef-secret");
   EXPECT_EQ(c->heartbeat_interval.count(), 500);
-  EXPECT_EQ(c->heartbeat_timeout.count(), 10000);  // the default
+  EXPECT_EQ(c->heartbeat_timeout.count(), 5000);  // the default
   ASSERT_EQ(c->nodes.size(), 3u);
   EXPECT_EQ(c->nodes[0].id, 1u);  // sorted by id
   EXPECT_EQ(c->nodes[0].endpoint(), "tcp://127.0.0.1:7001");

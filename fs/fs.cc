@@ -114,22 +114,23 @@ Result<std::unique_ptr<FileSystem>> FileSystem::mount(device::BlockDevice& dev, 
   return fs;
 }
 
-Status FileSystem::start() {
-  const uint32_t slot = opts_.slot;
+Status prepare_own_slot(device::BlockDevice& dev, const format::Superblock& sb, uint32_t slot,
+                        bool check_live) {
+  const uint32_t bs = sb.geo.block_size;
+  const format::BlockContext hb_ctx{sb.geo.heartbeat_blkno(slot), sb.fs_tag()};
   // Another live mount of this slot keeps bumping its heartbeat: watch it for a while.
-  if (opts_.check_live_slot) {
-    device::AlignedBuffer b(bs_);
-    const uint64_t hb = sb_.geo.heartbeat_blkno(slot);
-    RETURN_IF_ERROR(dev_.read(hb * bs_, b.span()));
-    auto before = format::Heartbeat::decode(b.span(), ctx(hb));
+  if (check_live) {
+    device::AlignedBuffer b(bs);
+    RETURN_IF_ERROR(dev.read(hb_ctx.blkno * bs, b.span()));
+    auto before = format::Heartbeat::decode(b.span(), hb_ctx);
     if (before && before->state == format::HeartbeatState::kMounted) {
       const auto wait = std::chrono::milliseconds(
           2 * std::max<uint32_t>(before->interval_ms, 100) + 200);
       spdlog::info("slot {} was left mounted; watching its heartbeat for {} ms", slot,
                    wait.count());
       std::this_thread::sleep_for(wait);
-      RETURN_IF_ERROR(dev_.read(hb * bs_, b.span()));
-      auto after = format::Heartbeat::decode(b.span(), ctx(hb));
+      RETURN_IF_ERROR(dev.read(hb_ctx.blkno * bs, b.span()));
+      auto after = format::Heartbeat::decode(b.span(), hb_ctx);
       if (after && after->counter != before->counter) {
         return make_status(Code::kBusy,
                            "slot {} is in use by a live node (node id {}): its heartbeat advances",
@@ -137,11 +138,17 @@ Status FileSystem::start() {
       }
     }
   }
-  ASSIGN_OR_RETURN(auto replayed, journal::replay(dev_, sb_, slot));
+  ASSIGN_OR_RETURN(auto replayed, journal::replay(dev, sb, slot));
   if (replayed.transactions > 0) {
     spdlog::info("slot {}: replayed {} transactions ({} blocks) left by a crash", slot,
                  replayed.transactions, replayed.blocks_written);
   }
+  return Status::ok();
+}
+
+Status FileSystem::start() {
+  const uint32_t slot = opts_.slot;
+  if (!opts_.slot_prepared) RETURN_IF_ERROR(prepare_own_slot(dev_, sb_, slot, opts_.check_live_slot));
   ASSIGN_OR_RETURN(journal_, journal::Journal::open(dev_, sb_, slot));
   journal::TransactionManagerOptions tmo;
   tmo.max_clean_buffers = opts_.max_cached_blocks;

@@ -65,6 +65,8 @@ struct MountOptions {
   // Refuse a slot whose heartbeat still advances (another live mount) after watching it
   // this long; 0 skips the check (tests that know they are alone).
   bool check_live_slot = true;
+  // The caller already ran prepare_own_slot() (a cluster mount does, before it joins).
+  bool slot_prepared = false;
   size_t max_cached_blocks = 65536;
   // Lock service; null: a local in-process one.
   std::shared_ptr<dlm::LockService> locks;
@@ -311,5 +313,12 @@ class FileSystem {
 };
 
 Result<format::Superblock> read_superblock(device::BlockDevice& dev);
+
+// The first step of a mount, without any lock: refuses the slot while another live node
+// still bumps its heartbeat (kBusy; skipped without `check_live`), then replays the slot's
+// journal. A cluster mount runs it before joining, so that when the other nodes learn this
+// node restarted they may treat its older incarnation's journal as replayed.
+Status prepare_own_slot(device::BlockDevice& dev, const format::Superblock& sb, uint32_t slot,
+                        bool check_live);
 
 }  // namespace sharedfs::fs

@@ -7,9 +7,14 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <filesystem>
 #include <sstream>
 
+#include <optional>
+
+#include "cluster/cluster_config.h"
 #include "device/device.h"
+#include "dlm/cluster_lock_service.h"
 #include "fs/fs.h"
 #include "fs/fuse/fuse_frontend.h"
 
@@ -20,6 +25,8 @@ namespace {
 struct ParsedOptions {
   fs::fuse::FuseOptions fuse;
   fs::MountOptions mount;
+  std::string config;
+  std::optional<uint32_t> node;
 };
 
 Result<ParsedOptions> parse_options(const MountArgs& args) {
@@ -47,8 +54,10 @@ Result<ParsedOptions> parse_options(const MountArgs& args) {
           p.fuse.max_threads = static_cast<unsigned>(std::stoul(val));
         } else if (key == "commit") {
           p.mount.commit_interval = std::chrono::milliseconds(std::stoul(val) * 1000);
+        } else if (key == "config") {
+          p.config = val;  // config=PATH in fstab lines, same as --config
         } else if (key == "node") {
-          // node=N in fstab lines, same as --node
+          p.node = static_cast<uint32_t>(std::stoul(val));  // node=N in fstab, as --node
         } else if (key == "rw" || key == "defaults" || key == "dev" || key == "suid" ||
                    key == "exec" || key == "auto" || key == "noauto" || key == "_netdev" ||
                    key == "nofail" || key == "user" || key == "nouser") {
@@ -61,7 +70,53 @@ Result<ParsedOptions> parse_options(const MountArgs& args) {
       }
     }
   }
+  if (!args.config.empty()) p.config = args.config;
   return p;
+}
+
+// A cluster mount's DLM: started and admitted to the cluster before the file system
+// mounts (every metadata lock goes through it), and leaving it only after the file system
+// is unmounted and its journal clean.
+struct ClusterMembership {
+  std::shared_ptr<fs::LockFlushTarget> target = std::make_shared<fs::LockFlushTarget>();
+  std::shared_ptr<dlm::ClusterLockService> locks;
+  std::chrono::milliseconds leave_timeout{0};
+};
+
+Result<ClusterMembership> join_cluster(const cluster::ClusterConfig& config, uint32_t node) {
+  ClusterMembership c;
+  dlm::DlmNodeOptions o;
+  // A restarted node is a new member: its incarnation only grows (wall clock, µs).
+  const auto now = std::chrono::system_clock::now().time_since_epoch();
+  o.self = dlm::Member{NodeId(node),
+                       static_cast<uint64_t>(
+                           std::chrono::duration_cast<std::chrono::microseconds>(now).count())};
+  for (const auto& n : config.nodes) o.peers.push_back(dlm::Peer{NodeId(n.id), n.endpoint()});
+  o.cluster_secret = config.secret;
+  auto target = c.target;
+  ASSIGN_OR_RETURN(c.locks,
+                   dlm::ClusterLockService::start(
+                       o, [target](const dlm::LockName& name, dlm::LockMode mode) {
+                         Status st = target->flush(name, mode);
+                         if (!st) {
+                           spdlog::error("flush before giving up {}: {}", name.to_string(),
+                                         st.to_string());
+                         }
+                       }));
+  dlm::MembershipAgentOptions m;
+  m.self = o.self;
+  for (const auto& n : config.nodes) m.configured.push_back(NodeId(n.id));
+  m.heartbeat_interval_ms = static_cast<uint64_t>(config.heartbeat_interval.count());
+  m.dead_after_ms = static_cast<uint64_t>(config.heartbeat_timeout.count());
+  m.join_wait_ms = 3 * m.heartbeat_interval_ms;
+  c.leave_timeout = config.heartbeat_timeout;
+  spdlog::info("node {}: joining cluster \"{}\"", node, config.name);
+  RETURN_IF_ERROR(c.locks->node().join(
+      m, std::chrono::milliseconds(m.join_wait_ms) + 2 * config.heartbeat_timeout));
+  const auto st = c.locks->node().membership_status();
+  spdlog::info("node {}: joined cluster \"{}\" at epoch {} with {} member(s)", node,
+               config.name, st.view.membership.epoch, st.view.membership.members.size());
+  return c;
 }
 
 int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
@@ -75,6 +130,15 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
     }
   };
   const uint32_t slot = args.node - 1;
+  std::optional<cluster::ClusterConfig> config;
+  if (!p.config.empty()) {
+    auto c = cluster::load_cluster_config(p.config);
+    if (!c) {
+      report(fmt::format("sharedfs: {}\n", c.status().to_string()));
+      return 1;
+    }
+    config = std::move(*c);
+  }
   // The node's Host ID derives from the cluster id in the superblock: peek at it first.
   uint64_t cluster_id = 0;
   {
@@ -89,6 +153,14 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
       return 1;
     }
     cluster_id = sb->cluster_id;
+    if (config) {
+      Status st = cluster::check_config_for_mount(*config, args.node, sb->cluster_id,
+                                                  sb->geo.slots);
+      if (!st) {
+        report(fmt::format("sharedfs: {}\n", st.to_string()));
+        return 1;
+      }
+    }
   }
   auto dev = device::open_device(args.device, device::HostId::for_node(cluster_id, args.node),
                                  /*read_only=*/false);
@@ -99,13 +171,40 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
   fs::MountOptions mo = p.mount;
   mo.slot = slot;
   mo.node_id = args.node;
+  std::optional<ClusterMembership> membership;
+  if (config) {
+    auto sb = fs::read_superblock(*dev->io);
+    Status st = sb ? fs::prepare_own_slot(*dev->io, *sb, slot, /*check_live=*/true) : sb.status();
+    if (st) {
+      auto joined = join_cluster(*config, args.node);
+      if (joined) membership = std::move(*joined);
+      st = joined.status();
+    }
+    if (!st) {
+      report(fmt::format("sharedfs: {}\n", st.to_string()));
+      return 1;
+    }
+    mo.slot_prepared = true;
+    mo.locks = membership->locks;
+    mo.flush_target = membership->target;
+    mo.cluster_allocation_lock = true;
+  }
+  // Leaves the cluster once the file system is unmounted (journal clean) or never mounted.
+  auto leave = [&] {
+    if (!membership) return;
+    Status st = membership->locks->node().leave(membership->leave_timeout);
+    if (!st) spdlog::warn("leaving the cluster: {}", st.to_string());
+    membership.reset();
+  };
   auto filesystem = fs::FileSystem::mount(*dev->io, mo);
   if (!filesystem) {
     report(fmt::format("sharedfs: mounting {}: {}\n", args.device,
                        filesystem.status().to_string()));
+    leave();
     return 1;
   }
   fs::fuse::FuseOptions fo = p.fuse;
+  fo.cluster = config.has_value();
   fo.mountpoint = args.mountpoint;
   fo.fsname = "sharedfs:" + args.device;
   fo.debug = args.debug;
@@ -127,12 +226,25 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
   if (!st && !mounted) report(fmt::format("sharedfs: {}\n", st.to_string()));
   Status un = (*filesystem)->unmount();
   if (!un) spdlog::error("unmount of {}: {}", args.device, un.to_string());
+  filesystem->reset();  // detaches the flush target: later revocations only release
+  leave();
   return st && un ? 0 : 1;
 }
 
 }  // namespace
 
-int run_mount(const MountArgs& args) {
+int run_mount(const MountArgs& given) {
+  MountArgs args = given;
+  for (const auto& group : args.options) {
+    // node=N and config=PATH from fstab weigh like --node and --config.
+    auto pre = parse_options(MountArgs{.options = {group}});
+    if (pre && pre->node) args.node = *pre->node;
+    if (pre && !pre->config.empty() && args.config.empty()) args.config = pre->config;
+  }
+  // The daemon works from / : relative paths are taken from where the command ran.
+  for (std::string* path : {&args.device, &args.mountpoint, &args.config}) {
+    if (!path->empty()) *path = std::filesystem::absolute(*path).lexically_normal().string();
+  }
   if (args.node == 0) {
     fmt::print(stderr, "sharedfs: node ids start at 1\n");
     return 1;

@@ -14,6 +14,9 @@ struct MountArgs {
   bool debug = false;
   std::vector<std::string> options;  // -o, comma-separated lists allowed
   uint32_t node = 1;                 // node id; its slot is node - 1
+  // Cluster config (TOML, cluster/cluster_config.h); empty: the node runs alone. Also
+  // given as -o config=PATH (fstab).
+  std::string config;
 };
 
 // Returns the process exit code. Without `foreground` the daemon detaches once the mount

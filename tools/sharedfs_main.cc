@@ -141,6 +141,9 @@ int main(int argc, char** argv) {
                     "no_writeback_cache, entry_timeout=S, attr_timeout=S, threads=N, read_ahead_kb=N, commit=S");
   mount->add_option("--node", margs.node, "node id (its journal slot is node - 1)")
       ->default_val(1);
+  mount->add_option("--config", margs.config,
+                    "cluster config (TOML): mount as node --node of that cluster; without it "
+                    "the node runs alone");
   mount->callback([&] {
     if (margs.debug) margs.foreground = true;
     rc = tools::run_mount(margs);

@@ -161,7 +161,11 @@ void op_init(void* userdata, fuse_conn_info* conn) {
   // The umask reaches us instead of being applied by the kernel: a default ACL replaces it.
   want(FUSE_CAP_DONT_MASK);
   want(FUSE_CAP_EXPORT_SUPPORT);
-  if (c->opts.writeback_cache) want(FUSE_CAP_WRITEBACK_CACHE);
+  if (c->opts.cluster) {
+    want(FUSE_CAP_AUTO_INVAL_DATA);
+  } else if (c->opts.writeback_cache) {
+    want(FUSE_CAP_WRITEBACK_CACHE);
+  }
   conn->max_write = 1 << 20;
   conn->max_readahead = std::max(conn->max_readahead, 1u << 20);
   conn->time_gran = 1;
@@ -298,8 +302,11 @@ void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info*) {
 // The kernel sends OPENDIR for directories only (ENOTDIR is its own answer), and READDIR
 // reports a vanished directory: nothing to look at here.
 void op_opendir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
-  fi->cache_readdir = 1;
-  fi->keep_cache = 1;
+  // One node alone: the listing stays valid while the directory lock is ours. In a
+  // cluster another node may change it at any time.
+  const bool keep = !ctx_of(req).opts.cluster;
+  fi->cache_readdir = keep;
+  fi->keep_cache = keep;
   fuse_reply_open(req, fi);
 }
 
@@ -458,6 +465,11 @@ fuse_lowlevel_ops make_ops() {
 
 Status serve(FileSystem& fs, const FuseOptions& opts, const std::function<void()>& on_mounted) {
   Context context{&fs, opts, {}};
+  if (opts.cluster) {
+    context.opts.entry_timeout_s = 0;
+    context.opts.attr_timeout_s = 0;
+    context.opts.writeback_cache = false;
+  }
   // mountinfo names the mount point by its canonical path.
   if (char* real = ::realpath(opts.mountpoint.c_str(), nullptr)) {
     context.opts.mountpoint = real;

@@ -31,6 +31,13 @@ struct FuseOptions {
   // device read. Cached pages stay coherent: they are dropped with the inode lock.
   unsigned read_ahead_kb = 1024;
   bool debug = false;
+  // Several nodes mount the device (docs/cluster.md, "Kernel caches"): the kernel keeps no
+  // name or attribute past the request that returned it (timeouts forced to 0), drops
+  // cached pages when a read finds the size or mtime changed (FUSE_CAP_AUTO_INVAL_DATA),
+  // never caches directory listings, and writes through (no write-back cache). Then a lock
+  // given up to another node needs no kernel invalidation, which could deadlock with the
+  // requests waiting for that lock.
+  bool cluster = false;
 };
 
 // Mounts `fs` at opts.mountpoint. `on_mounted` runs once the kernel mount exists (a
