@@ -61,8 +61,83 @@ uint64_t ClusterLockService::fast_path_hits() const {
   return fast_hits_;
 }
 
+Result<Lock> ClusterLockService::try_lock(LockName name, LockMode mode) {
+  SHAREDFS_CHECK(name.space == LockSpace::kOpen, "try_lock is for open locks only");
+  if (mode == LockMode::kNL) return make_lock(name, mode);
+  return lock_uncached(name, mode, /*try_only=*/true);
+}
+
+Result<Lock> ClusterLockService::lock_uncached(LockName name, LockMode mode, bool try_only) {
+  const ResourceName r = ResourceName::from(name);
+  std::unique_lock l(mu_);
+  for (;;) {
+    Uncached& u = uncached_[r];
+    if (u.busy) {
+      local_cv_.wait(l);
+      continue;
+    }
+    if (u.holders > 0) {
+      // Our own threads hold it: PR is shared, anything else waits (or fails, for a try).
+      if (mode == LockMode::kPR && u.mode == LockMode::kPR) {
+        ++u.holders;
+        return make_lock(name, mode);
+      }
+      if (try_only) return make_status(Code::kBusy, "{} is held on this node", name.to_string());
+      local_cv_.wait(l);
+      continue;
+    }
+    u.busy = true;
+    break;
+  }
+  l.unlock();
+  std::promise<std::pair<LockId, Status>> granted;
+  node_->post([&](LockManager& lm, LockCache&) {
+    lm.lock(r, mode, LockFlags{try_only}, {},
+            [&](LockId id, const Status& s) { granted.set_value({id, s}); });
+  });
+  auto [id, status] = granted.get_future().get();
+  l.lock();
+  Uncached& u = uncached_[r];
+  u.busy = false;
+  if (status.is_ok()) {
+    u.id = id;
+    u.mode = mode;
+    u.holders = 1;
+  } else {
+    uncached_.erase(r);
+  }
+  l.unlock();
+  local_cv_.notify_all();
+  if (!status.is_ok()) return status;
+  return make_lock(name, mode);
+}
+
+void ClusterLockService::unlock_uncached(const ResourceName& r) {
+  std::optional<LockId> id;
+  {
+    std::lock_guard l(mu_);
+    auto it = uncached_.find(r);
+    SHAREDFS_CHECK(it != uncached_.end() && it->second.holders > 0,
+                   "unlock of an uncached lock not held");
+    if (--it->second.holders > 0) return;
+    it->second.busy = true;
+    id = it->second.id;
+  }
+  node_->post([this, r, id](LockManager& lm, LockCache&) {
+    auto forget = [this, r](LockId, const Status&) {
+      {
+        std::lock_guard l(mu_);
+        uncached_.erase(r);
+      }
+      local_cv_.notify_all();
+    };
+    if (!id || !lm.unlock(*id, forget).is_ok()) forget(LockId(0), Status::ok());
+  });
+}
+
 Result<Lock> ClusterLockService::lock(LockName name, LockMode mode) {
   if (mode == LockMode::kNL) return make_lock(name, mode);  // excludes nothing, anywhere
+  if (name.space == LockSpace::kOpen) return lock_uncached(name, mode, /*try_only=*/false);
   const ResourceName r = ResourceName::from(name);
   std::unique_lock l(mu_);
   Entry& e = entries_[r];  // std::map: stable while other entries come and go
@@ -127,6 +202,7 @@ void ClusterLockService::release_cache_users(const ResourceName& name, int count
 void ClusterLockService::unlock(const LockName& name, LockMode mode) {
   if (mode == LockMode::kNL) return;
   const ResourceName r = ResourceName::from(name);
+  if (name.space == LockSpace::kOpen) return unlock_uncached(r);
   int release = 0;
   {
     std::lock_guard l(mu_);

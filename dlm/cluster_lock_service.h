@@ -25,6 +25,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "dlm/dlm_node.h"
@@ -42,6 +43,7 @@ class ClusterLockService final : public LockService {
   ~ClusterLockService() override;
 
   Result<Lock> lock(LockName name, LockMode mode) override;
+  Result<Lock> try_lock(LockName name, LockMode mode) override;
   DlmNode& node() { return *node_; }
 
   // Locks taken without the driver thread (tests, `sharedfs stats`).
@@ -62,8 +64,19 @@ class ClusterLockService final : public LockService {
     int writers_waiting = 0;
   };
 
+  // An uncached lock (LockSpace::kOpen): one DLM lock per resource while this node's
+  // threads hold it, shared by PR holders, given back to the DLM when the last one is done.
+  struct Uncached {
+    std::optional<LockId> id;
+    LockMode mode = LockMode::kNL;
+    int holders = 0;
+    bool busy = false;  // a lock or unlock request is in progress
+  };
+
   ClusterLockService() = default;
   void unlock(const LockName& name, LockMode mode) override;
+  Result<Lock> lock_uncached(LockName name, LockMode mode, bool try_only);
+  void unlock_uncached(const ResourceName& r);
   void on_blocked(const ResourceName& name);
   // With mu_ held: LockCache users to hand back now that `e` may have become idle.
   static int users_to_release(Entry& e);
@@ -76,6 +89,7 @@ class ClusterLockService final : public LockService {
   mutable std::mutex mu_;
   std::condition_variable local_cv_;           // exclusion waits
   std::map<ResourceName, Entry> entries_;      // GUARDED_BY(mu_)
+  std::map<ResourceName, Uncached> uncached_;  // GUARDED_BY(mu_)
   uint64_t fast_hits_ = 0;                     // GUARDED_BY(mu_)
   std::deque<std::function<void()>> flushes_;  // GUARDED_BY(mu_)
   bool stop_ = false;                          // GUARDED_BY(mu_)

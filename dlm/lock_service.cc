@@ -40,6 +40,8 @@ std::string_view lock_space_name(LockSpace space) {
       return "ag";
     case LockSpace::kSlotTable:
       return "slots";
+    case LockSpace::kOpen:
+      return "open";
   }
   return "?";
 }
@@ -94,6 +96,26 @@ class LocalLockService final : public LockService {
       st.ex_held = true;
     } else {
       s.cv.wait(guard, [&] { return !st.ex_held && st.ex_waiting == 0; });
+      ++st.readers;
+    }
+    return make_lock(name, mode);
+  }
+
+  Result<Lock> try_lock(LockName name, LockMode mode) override {
+    SHAREDFS_CHECK(name.space == LockSpace::kOpen, "try_lock is for open locks only");
+    if (mode == LockMode::kNL) return make_lock(name, mode);
+    Shard& s = shard(name);
+    std::lock_guard guard(s.mu);
+    State& st = s.states[name];
+    const bool free = !st.ex_held && st.ex_waiting == 0 && (mode == LockMode::kPR || st.readers == 0);
+    if (!free) {
+      if (st.users == 0) s.states.erase(name);
+      return make_status(Code::kBusy, "{} is held", name.to_string());
+    }
+    ++st.users;
+    if (mode == LockMode::kEX) {
+      st.ex_held = true;
+    } else {
       ++st.readers;
     }
     return make_lock(name, mode);

@@ -37,6 +37,10 @@ enum class LockSpace : uint8_t {
   kOrphanList = 2,  // id: slot. Covers the slot's orphan-list block and chain links
   kAllocGroup = 3,  // id: AG index. Covers the AG header and bitmap
   kSlotTable = 4,   // id 0: the slot table
+  // id: inode number. Held PR while this node's kernel may use the inode (lookup count
+  // above zero); EX, only by try_lock, to free an unlinked inode nobody uses. Never cached:
+  // a node that lets go of it lets go at the DLM at once. Taken under the inode's lock.
+  kOpen = 5,
 };
 std::string_view lock_space_name(LockSpace space);
 
@@ -79,6 +83,10 @@ class LockService {
   // Waits until `name` can be held in `mode` and returns the guard. Fails only when the
   // node can no longer take locks (withdrawn, shut down).
   virtual Result<Lock> lock(LockName name, LockMode mode) = 0;
+  // Like lock(), but kBusy instead of waiting when the lock cannot be had at once. Only for
+  // spaces that are never cached (kOpen): a cached lock is "held" by a node that merely
+  // used it once, so an answer would mean nothing.
+  virtual Result<Lock> try_lock(LockName name, LockMode mode) = 0;
 
  protected:
   Lock make_lock(LockName name, LockMode mode) { return Lock(this, name, mode); }

@@ -224,6 +224,7 @@ void FileSystem::background_loop() {
       if (auto st = write_heartbeat(format::HeartbeatState::kMounted); !st) {
         spdlog::error("heartbeat: {}", st.to_string());
       }
+      if (opts_.open_locks) retry_orphans();
       next_beat = now + opts_.heartbeat_interval;
     }
     lock.lock();
@@ -329,7 +330,39 @@ Status FileSystem::flush_for_lock(const dlm::LockName& name, dlm::LockMode new_m
   RETURN_IF_ERROR(journal_->checkpoint().with_context(fmt::format("flushing {}", name.to_string())));
   if (new_mode == dlm::LockMode::kNL) (void)tm_->drop_unused();
   ++lock_flushes_;
+  if (name.space == dlm::LockSpace::kInode) invalidate_dir_alias(name.id);
   return Status::ok();
+}
+
+void FileSystem::set_entry_invalidator(EntryInvalidator invalidate) {
+  std::lock_guard lock(lookups_mu_);
+  invalidate_entry_ = std::move(invalidate);
+}
+
+void FileSystem::note_dir_alias(Ino dir, Ino parent, std::string_view name) {
+  if (!opts_.open_locks || name == "." || name == "..") return;
+  std::lock_guard lock(lookups_mu_);
+  if (lookups_.contains(dir)) dir_alias_[dir] = {parent, std::string(name)};
+}
+
+// Another node may now move or remove directory `dir`: the kernel's dentry for it must go,
+// or a later lookup of the directory at its new place finds that alias and fails with
+// ESTALE (a directory has one dentry). The kernel drops it under the parent's i_rwsem,
+// which a request of ours may hold while it waits for a lock this flush is giving up: so
+// wait only briefly, and let the invalidation finish on its own after that.
+void FileSystem::invalidate_dir_alias(Ino dir) {
+  EntryInvalidator invalidate;
+  std::pair<Ino, std::string> alias;
+  {
+    std::lock_guard lock(lookups_mu_);
+    auto it = dir_alias_.find(dir);
+    if (it == dir_alias_.end() || !invalidate_entry_) return;
+    alias = std::move(it->second);
+    dir_alias_.erase(it);
+    invalidate = invalidate_entry_;
+  }
+  auto done = invalidate(alias.first, alias.second);
+  if (done.valid()) (void)done.wait_for(std::chrono::milliseconds(100));
 }
 
 Status LockFlushTarget::flush(const dlm::LockName& name, dlm::LockMode new_mode) {
@@ -463,11 +496,24 @@ uint64_t FileSystem::lookup_count(Ino ino) const {
 }
 
 void FileSystem::remember(Ino ino) {
+  {
+    std::lock_guard lock(lookups_mu_);
+    if (++lookups_[ino] > 1 || !opts_.open_locks) return;
+  }
+  // The first reference: tell the cluster this node uses the inode. The caller holds the
+  // inode's lock, so no node is freeing it (that takes the inode lock in EX): this waits
+  // for one round trip at most. The kernel cannot forget the reference before the reply.
+  auto open = locks_->lock({dlm::LockSpace::kOpen, ino}, dlm::LockMode::kPR);
+  if (!open) {
+    spdlog::error("open lock of inode {}: {}", ino, open.status().to_string());
+    return;
+  }
   std::lock_guard lock(lookups_mu_);
-  ++lookups_[ino];
+  if (lookups_.contains(ino)) open_locks_[ino] = std::move(*open);
 }
 
 void FileSystem::forget(Ino ino, uint64_t nlookup) {
+  dlm::Lock open;
   {
     std::lock_guard lock(lookups_mu_);
     auto it = lookups_.find(ino);
@@ -477,7 +523,13 @@ void FileSystem::forget(Ino ino, uint64_t nlookup) {
       return;
     }
     lookups_.erase(it);
+    dir_alias_.erase(ino);
+    if (auto o = open_locks_.find(ino); o != open_locks_.end()) {
+      open = std::move(o->second);
+      open_locks_.erase(o);
+    }
   }
+  open.reset();  // before evict: our own hold must not keep us from freeing it
   if (auto st = evict(ino); !st) spdlog::error("freeing inode {}: {}", ino, st.to_string());
   if (auto st = maybe_commit(); !st) spdlog::error("commit: {}", st.to_string());
 }
@@ -487,9 +539,17 @@ Status FileSystem::evict(Ino ino) {
   if (ino == root()) return Status::ok();
   ASSIGN_OR_RETURN(auto lock, lock_inode(ino, dlm::LockMode::kEX));
   if (lookup_count(ino) != 0) return Status::ok();  // looked up again meanwhile
+  {
+    // Another node's orphan (unlinked there while we used it): that node frees it once
+    // nobody holds its open lock.
+    std::lock_guard mu(orphan_mu_);
+    if (!orphan_next_.contains(ino)) return Status::ok();
+  }
   auto ref = load(ino);
   if (!ref) return Status::ok();  // freed already
   if (ref->inode.nlink != 0 || !(ref->inode.flags & Inode::kOrphan)) return Status::ok();
+  ASSIGN_OR_RETURN(bool used, used_elsewhere(ino));
+  if (used) return Status::ok();  // retried by retry_orphans()
   ASSIGN_OR_RETURN(auto change, begin_change());
   journal::Handle& h = change.handle;
   RETURN_IF_ERROR(orphan_remove(h, *ref));
@@ -497,9 +557,37 @@ Status FileSystem::evict(Ino ino) {
   return alloc_->free_inode(h, ino);
 }
 
+Result<bool> FileSystem::used_elsewhere(Ino ino) {
+  if (!opts_.open_locks) return false;
+  // Never waits: a node that holds it keeps it as long as its kernel wants.
+  auto probe = locks_->try_lock({dlm::LockSpace::kOpen, ino}, dlm::LockMode::kEX);
+  if (probe) return false;
+  if (probe.status().code() == Code::kBusy) return true;
+  return probe.status();
+}
+
+void FileSystem::retry_orphans() {
+  std::vector<Ino> candidates;
+  {
+    std::lock_guard mu(orphan_mu_);
+    for (const auto& [ino, next] : orphan_next_) candidates.push_back(ino);
+  }
+  for (Ino ino : candidates) {
+    if (lookup_count(ino) != 0) continue;
+    if (auto st = evict(ino); !st) spdlog::error("freeing orphan {}: {}", ino, st.to_string());
+  }
+  if (!candidates.empty()) {
+    if (auto st = maybe_commit(); !st) spdlog::error("commit: {}", st.to_string());
+  }
+}
+
 Status FileSystem::drop_inode(journal::Handle& h, InodeRef& ref) {
   SHAREDFS_CHECK(ref.inode.nlink == 0, "dropping a linked inode");
-  if (lookup_count(ref.ino) == 0) {
+  bool used = lookup_count(ref.ino) != 0;
+  if (!used) {
+    ASSIGN_OR_RETURN(used, used_elsewhere(ref.ino));
+  }
+  if (!used) {
     RETURN_IF_ERROR(free_inode_blocks(h, ref));
     return alloc_->free_inode(h, ref.ino);
   }
@@ -588,6 +676,35 @@ Status FileSystem::orphan_remove(journal::Handle& h, InodeRef& ref) {
 
 Status FileSystem::free_orphans_at_mount() {
   const uint64_t blk = sb_.geo.orphan_blkno(opts_.slot);
+  if (opts_.open_locks) {
+    // Other nodes may still use our orphans (we crashed while they had them open): take
+    // the chain into memory and free, through evict(), those nobody uses.
+    // The chain of our slot changes only through this node, which is still mounting: the
+    // orphan-list lock need not be held across the walk (inode locks come first in the
+    // lock order).
+    format::OrphanList list;
+    {
+      ASSIGN_OR_RETURN(auto olock, locks_->lock({dlm::LockSpace::kOrphanList, opts_.slot},
+                                                dlm::LockMode::kEX));
+      ASSIGN_OR_RETURN(auto buf, tm_->read(blk));
+      ASSIGN_OR_RETURN(list, format::OrphanList::decode(buf->data(), ctx(blk)));
+    }
+    {
+      std::lock_guard mu(orphan_mu_);
+      Ino prev = 0;
+      for (Ino ino = list.head; ino != 0;) {
+        ASSIGN_OR_RETURN(auto ilock, lock_inode(ino, dlm::LockMode::kPR));
+        ASSIGN_OR_RETURN(auto ref, load(ino));
+        orphan_prev_[ino] = prev;
+        orphan_next_[ino] = ref.inode.next_orphan;
+        prev = ino;
+        ino = ref.inode.next_orphan;
+        SHAREDFS_CHECK(orphan_next_.size() <= sb_.geo.total_blocks, "orphan chain loops");
+      }
+    }
+    retry_orphans();
+    return Status::ok();
+  }
   for (;;) {
     ASSIGN_OR_RETURN(auto buf, tm_->read(blk));
     ASSIGN_OR_RETURN(auto list, format::OrphanList::decode(buf->data(), ctx(blk)));

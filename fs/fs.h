@@ -32,6 +32,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -77,6 +78,10 @@ struct MountOptions {
   // every change that may allocate or free blocks first takes one cluster-wide allocation
   // lock, before its journal handle, so that two nodes never change AG bitmaps at once.
   bool cluster_allocation_lock = false;
+  // Cluster mounts: hold `open:N` in PR while the kernel may use inode N, and free an
+  // unlinked inode only when try_lock(open:N, EX) says no node uses it; otherwise it waits
+  // on this node's orphan list, retried in the background (docs/cluster.md, "Inode reuse").
+  bool open_locks = false;
 };
 
 // What a cluster lock service's flush hook calls before the node gives up a lock: the
@@ -207,9 +212,15 @@ class FileSystem {
   // (docs/cluster.md): the running transaction is committed and the journal checkpointed
   // (everything changed reaches its home, and the log can no longer replay old images
   // over the next holder's changes); going to NL also drops every cached block nothing is
-  // using, so the next read comes from the device. Kernel caches are the frontend's part.
+  // using, so the next read comes from the device. For a directory the kernel knows, its
+  // dentry is invalidated through the entry invalidator (see set_entry_invalidator).
   Status flush_for_lock(const dlm::LockName& name, dlm::LockMode new_mode);
   uint64_t lock_flushes() const { return lock_flushes_.load(); }
+
+  // The frontend's way to make the kernel drop its dentry `name` in `parent`; the future
+  // is ready once the kernel did. Set while the FUSE session runs (null: none).
+  using EntryInvalidator = std::function<std::shared_future<void>(Ino parent, const std::string& name)>;
+  void set_entry_invalidator(EntryInvalidator invalidate);
 
  private:
   struct InodeRef;
@@ -228,6 +239,8 @@ class FileSystem {
   void store_orphan_locked(journal::Handle& h, InodeRef& ref);
   // One more reference the kernel holds on `ino` (see forget()).
   void remember(Ino ino);
+  void note_dir_alias(Ino dir, Ino parent, std::string_view name);
+  void invalidate_dir_alias(Ino dir);
   format::BlockContext ctx(uint64_t blkno) const { return {blkno, tag_}; }
 
   Result<dlm::Lock> lock_inode(Ino ino, dlm::LockMode mode);
@@ -256,6 +269,10 @@ class FileSystem {
   Status orphan_add(journal::Handle& h, InodeRef& ref);
   Status orphan_remove(journal::Handle& h, InodeRef& ref);
   Status evict(Ino ino);
+  // open_locks: whether any node still uses `ino` (taken under its EX inode lock).
+  Result<bool> used_elsewhere(Ino ino);
+  // Retries freeing this node's orphans that the kernel let go of (background).
+  void retry_orphans();
   Result<bool> is_ancestor(Ino maybe_ancestor, Ino dir);
 
   Status truncate_blocks(journal::Handle& h, InodeRef& ref, uint64_t new_size);
@@ -289,6 +306,11 @@ class FileSystem {
   // Lookup counts the kernel holds (see forget()).
   mutable std::mutex lookups_mu_;
   std::unordered_map<Ino, uint64_t> lookups_;
+  // open_locks: the open:N lock held while lookups_[N] > 0.
+  std::unordered_map<Ino, dlm::Lock> open_locks_;
+  // open_locks (cluster): where the kernel's one dentry of each directory it knows is.
+  std::unordered_map<Ino, std::pair<Ino, std::string>> dir_alias_;
+  EntryInvalidator invalidate_entry_;
   // The orphan chain of our slot in memory: ino -> previous / next (0: none).
   std::mutex orphan_mu_;
   std::unordered_map<Ino, Ino> orphan_prev_;

@@ -68,6 +68,7 @@ class TwoNodeTest : public testing::ImageTest {
       o.locks = node_[i].locks;
       o.flush_target = node_[i].target;
       o.cluster_allocation_lock = true;
+      o.open_locks = true;
       auto fs = FileSystem::mount(i == 0 ? *dev_ : *node_[1].dev, o);
       ASSERT_OK(fs);
       node_[i].fs = std::move(*fs);

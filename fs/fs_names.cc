@@ -44,6 +44,7 @@ Result<Attr> FileSystem::lookup(Ino parent, std::string_view name) {
   ASSIGN_OR_RETURN(auto clock, lock_inode(child, dlm::LockMode::kPR));
   ASSIGN_OR_RETURN(auto cref, load(child));
   remember(child);
+  if (cref.is_dir()) note_dir_alias(child, parent, name);
   return make_attr(child, cref.inode);
 }
 
@@ -155,6 +156,7 @@ Result<Attr> FileSystem::create_node_once(Ino parent, std::string_view name, uin
     pref.inode.mtime_ns = pref.inode.ctime_ns = now;
     store(h, pref);
     remember(ino);
+    if (S_ISDIR(mode)) note_dir_alias(ino, parent, name);
     out = make_attr(ino, n);
   }
   RETURN_IF_ERROR(maybe_commit());
@@ -258,8 +260,18 @@ Result<bool> FileSystem::is_ancestor(Ino ancestor, Ino dir) {
     if (cur == ancestor) return true;
     if (cur == root()) return false;
     ASSIGN_OR_RETURN(auto ref, load(cur));
-    if (ref.inode.parent == cur || ref.inode.parent == 0) return false;
-    cur = ref.inode.parent;
+    const Ino parent = ref.inode.parent;
+    if (cur != dir) {
+      // Read without the directory's own lock: parent links only change under the rename
+      // lock we hold, and whoever held it last wrote them home before giving it up, so
+      // the device copy is right — but it must not stay cached, where nothing would drop
+      // it when another node changes the directory later.
+      ref = {};
+      const uint64_t blk = cur;
+      tm_->forget(std::span<const uint64_t>(&blk, 1));
+    }
+    if (parent == cur || parent == 0) return false;
+    cur = parent;
   }
   return posix_error(ELOOP, "directory parent chain too long");
 }
@@ -403,6 +415,9 @@ Status FileSystem::rename(Ino p1, std::string_view n1, Ino p2, std::string_view 
       pr2.inode.mtime_ns = pr2.inode.ctime_ns = now;
       store(h, pr2);
     }
+    // The kernel moves its own dentries on a rename it sent.
+    if (src_dir) note_dir_alias(src, p2, n2);
+    if (exchange && dst_dir) note_dir_alias(dst, p1, n1);
   }
   return maybe_commit();
 }

@@ -188,6 +188,7 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
     mo.locks = membership->locks;
     mo.flush_target = membership->target;
     mo.cluster_allocation_lock = true;
+    mo.open_locks = true;
   }
   // Leaves the cluster once the file system is unmounted (journal clean) or never mounted.
   auto leave = [&] {

@@ -6,13 +6,17 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <functional>
+#include <future>
 #include <mutex>
 #include <sstream>
+#include <thread>
 
 #include "device/device.h"
 
@@ -463,6 +467,62 @@ fuse_lowlevel_ops make_ops() {
 
 }  // namespace
 
+// Kernel dentry invalidations asked for by the file system (FileSystem::set_entry_invalidator),
+// made on a thread of their own: the kernel takes the parent directory's i_rwsem for them,
+// which a request may hold while it waits for something the asking thread is doing.
+class EntryInvalidations {
+ public:
+  EntryInvalidations(fuse_session* se, const FileSystem& fs)
+      : se_(se), fs_(fs), thread_([this] { run(); }) {}
+  ~EntryInvalidations() {
+    {
+      std::lock_guard l(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  std::shared_future<void> post(Ino parent, const std::string& name) {
+    std::promise<void> done;
+    std::shared_future<void> f = done.get_future().share();
+    {
+      std::lock_guard l(mu_);
+      queue_.push_back({parent, name, std::move(done)});
+    }
+    cv_.notify_all();
+    return f;
+  }
+
+ private:
+  struct Job {
+    Ino parent;
+    std::string name;
+    std::promise<void> done;
+  };
+  void run() {
+    std::unique_lock l(mu_);
+    for (;;) {
+      cv_.wait(l, [&] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping, nothing left
+      Job job = std::move(queue_.front());
+      queue_.pop_front();
+      l.unlock();
+      // ENOENT: the kernel had already dropped it.
+      (void)fuse_lowlevel_notify_inval_entry(se_, to_fuse(fs_, job.parent), job.name.data(),
+                                             job.name.size());
+      job.done.set_value();
+      l.lock();
+    }
+  }
+  fuse_session* se_;
+  const FileSystem& fs_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Job> queue_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
 Status serve(FileSystem& fs, const FuseOptions& opts, const std::function<void()>& on_mounted) {
   Context context{&fs, opts, {}};
   if (opts.cluster) {
@@ -500,12 +560,17 @@ Status serve(FileSystem& fs, const FuseOptions& opts, const std::function<void()
       result = make_status(Code::kInvalidArgument, "cannot mount on {}", opts.mountpoint);
     } else {
       if (on_mounted) on_mounted();
+      EntryInvalidations invalidations(se, fs);
+      fs.set_entry_invalidator([&](Ino parent, const std::string& name) {
+        return invalidations.post(parent, name);
+      });
       fuse_loop_config* cfg = fuse_loop_cfg_create();
       fuse_loop_cfg_set_clone_fd(cfg, 0);
       fuse_loop_cfg_set_max_threads(cfg, opts.max_threads);
       fuse_loop_cfg_set_idle_threads(cfg, opts.max_threads);
       const int rc = fuse_session_loop_mt(se, cfg);
       fuse_loop_cfg_destroy(cfg);
+      fs.set_entry_invalidator(nullptr);
       if (rc != 0 && rc != SIGINT && rc != SIGTERM && rc != SIGHUP) {
         result = make_status(Code::kInternal, "FUSE loop ended with {}", rc);
       }

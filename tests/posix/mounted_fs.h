@@ -1,6 +1,7 @@
-// A sharedfs image formatted and mounted with `sharedfs mount -f` for one test. The
-// daemon is started and stopped by pid; the mount is always taken down, and fsck.sharedfs
-// -n must find the image clean afterwards.
+// sharedfs images formatted and mounted with `sharedfs mount -f` for one test: MountedFs
+// (one node alone) and MountedCluster (several nodes of one cluster config over one image,
+// their DLMs on 127.0.0.1). Daemons are started and stopped by pid; every mount is always
+// taken down, and fsck.sharedfs -n must find the image clean afterwards.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -14,42 +15,34 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "common/test_util.h"
 
 namespace sharedfs::testing {
 
-class MountedFs {
+// One `sharedfs mount -f` child serving one mount point.
+class FuseDaemon {
  public:
-  explicit MountedFs(uint64_t image_bytes = uint64_t{2} << 30, const std::string& mkfs_args = "")
-      : dir_(scratch_dir("posix")) {
-    std::filesystem::create_directories(dir_ / "mnt");
-    image_ = (dir_ / "disk.img").string();
-    mnt_ = (dir_ / "mnt").string();
-    make_sparse_file(image_, image_bytes);
-    auto r = run_command(std::string(MKFS_BIN) + " --force " + mkfs_args + " " + image_);
-    EXPECT_EQ(r.rc, 0) << r.out;
-  }
-  ~MountedFs() {
-    unmount();
-    std::filesystem::remove_all(dir_);
-  }
+  explicit FuseDaemon(std::string mountpoint) : mnt_(std::move(mountpoint)) {}
+  ~FuseDaemon() { stop(); }
+  FuseDaemon(const FuseDaemon&) = delete;
+  FuseDaemon& operator=(const FuseDaemon&) = delete;
 
   const std::string& mnt() const { return mnt_; }
-  const std::string& image() const { return image_; }
-  std::string path(const std::string& rel) const { return mnt_ + "/" + rel; }
+  bool running() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }
 
-  // Starts the daemon in the foreground (as a child) and waits for the mount.
-  bool mount(const std::string& opts = "") {
+  // Runs `sharedfs mount -f IMAGE MNT EXTRA...` and waits (up to `wait`) for the mount.
+  bool start(const std::string& image, const std::vector<std::string>& extra,
+             std::chrono::milliseconds wait = std::chrono::seconds(10)) {
     pid_ = fork();
     if (pid_ == 0) {
-      std::vector<std::string> args{SHAREDFS_BIN, "mount", "-f", image_, mnt_};
-      if (!opts.empty()) {
-        args.push_back("-o");
-        args.push_back(opts);
-      }
+      std::vector<std::string> args{SHAREDFS_BIN, "mount", "-f", image, mnt_};
+      args.insert(args.end(), extra.begin(), extra.end());
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);
@@ -57,8 +50,9 @@ class MountedFs {
       _exit(127);
     }
     struct stat parent {};
-    stat(dir_.c_str(), &parent);
-    for (int i = 0; i < 200; ++i) {
+    stat(std::filesystem::path(mnt_).parent_path().c_str(), &parent);
+    const auto deadline = std::chrono::steady_clock::now() + wait;
+    while (std::chrono::steady_clock::now() < deadline) {
       struct stat st {};
       if (stat(mnt_.c_str(), &st) == 0 && st.st_dev != parent.st_dev) return true;
       int status = 0;
@@ -66,14 +60,15 @@ class MountedFs {
         pid_ = -1;
         return false;
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     return false;
   }
 
-  // Unmounts, waits for the daemon and checks the image. Returns fsck's exit code.
-  int unmount() {
-    if (pid_ <= 0) return -1;
+  // Unmounts and waits for the daemon; false (and a test failure) when it did not exit
+  // cleanly.
+  bool stop() {
+    if (pid_ <= 0) return true;
     CommandResult r;
     for (int i = 0; i < 50; ++i) {
       r = run_command("fusermount3 -u " + mnt_);
@@ -83,7 +78,7 @@ class MountedFs {
     if (r.rc != 0) run_command("fusermount3 -u -z " + mnt_);
     int status = 0;
     bool exited = false;
-    for (int i = 0; i < 300 && !exited; ++i) {
+    for (int i = 0; i < 400 && !exited; ++i) {
       if (waitpid(pid_, &status, WNOHANG) == pid_) exited = true;
       else std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
@@ -93,18 +88,127 @@ class MountedFs {
       waitpid(pid_, &status, 0);
     }
     pid_ = -1;
-    EXPECT_TRUE(exited && WIFEXITED(status) && WEXITSTATUS(status) == 0)
-        << "daemon exit status " << status;
-    auto fsck = run_command(std::string(FSCK_BIN) + " -n " + image_);
-    EXPECT_EQ(fsck.rc, 0) << fsck.out;
-    return fsck.rc;
+    const bool clean = exited && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    EXPECT_TRUE(clean) << "daemon exit status " << status;
+    return clean;
+  }
+
+ private:
+  std::string mnt_;
+  pid_t pid_ = -1;
+};
+
+// A fresh image in a scratch directory, removed with the object.
+class ScratchImage {
+ public:
+  ScratchImage(const std::string& what, uint64_t image_bytes, const std::string& mkfs_args)
+      : dir_(scratch_dir(what)) {
+    image_ = (dir_ / "disk.img").string();
+    make_sparse_file(image_, image_bytes);
+    auto r = run_command(std::string(MKFS_BIN) + " --force " + mkfs_args + " " + image_);
+    EXPECT_EQ(r.rc, 0) << r.out;
+  }
+  ~ScratchImage() { std::filesystem::remove_all(dir_); }
+  const std::filesystem::path& dir() const { return dir_; }
+  const std::string& image() const { return image_; }
+  // fsck.sharedfs -n; returns its exit code (0: clean).
+  int fsck() const {
+    auto r = run_command(std::string(FSCK_BIN) + " -n " + image_);
+    EXPECT_EQ(r.rc, 0) << r.out;
+    return r.rc;
   }
 
  private:
   std::filesystem::path dir_;
   std::string image_;
-  std::string mnt_;
-  pid_t pid_ = -1;
+};
+
+class MountedFs {
+ public:
+  explicit MountedFs(uint64_t image_bytes = uint64_t{2} << 30, const std::string& mkfs_args = "")
+      : image_("posix", image_bytes, mkfs_args),
+        daemon_((image_.dir() / "mnt").string()) {
+    std::filesystem::create_directories(daemon_.mnt());
+  }
+  ~MountedFs() { unmount(); }
+
+  const std::string& mnt() const { return daemon_.mnt(); }
+  const std::string& image() const { return image_.image(); }
+  std::string path(const std::string& rel) const { return mnt() + "/" + rel; }
+
+  // Starts the daemon in the foreground (as a child) and waits for the mount.
+  bool mount(const std::string& opts = "") {
+    std::vector<std::string> extra;
+    if (!opts.empty()) extra = {"-o", opts};
+    return daemon_.start(image(), extra);
+  }
+
+  // Unmounts, waits for the daemon and checks the image. Returns fsck's exit code.
+  int unmount() {
+    if (!daemon_.running()) return -1;
+    daemon_.stop();
+    return image_.fsck();
+  }
+
+ private:
+  ScratchImage image_;
+  FuseDaemon daemon_;
+};
+
+// `nodes` nodes of one cluster over one image, node i (1-based) mounted at mnt(i). The
+// cluster config uses short heartbeat timings so that joins and leaves are quick.
+class MountedCluster {
+ public:
+  explicit MountedCluster(int nodes, uint64_t image_bytes = uint64_t{2} << 30)
+      : image_("cluster", image_bytes, "--nodes 4 --cluster-id 77 --cluster-name test") {
+    config_ = (image_.dir() / "cluster.toml").string();
+    std::ofstream c(config_);
+    c << "[cluster]\nname = \"test\"\nid = 77\nsecret = \"cluster-test-secret-0123\"\n"
+         "heartbeat_interval_ms = 100\nheartbeat_timeout_ms = 1500\n";
+    for (int i = 1; i <= nodes; ++i) {
+      c << "[[node]]\nid = " << i << "\nname = \"n" << i << "\"\naddress = \"127.0.0.1:"
+        << free_port() << "\"\n";
+      const auto mnt = image_.dir() / ("mnt" + std::to_string(i));
+      std::filesystem::create_directories(mnt);
+      daemons_.push_back(std::make_unique<FuseDaemon>(mnt.string()));
+    }
+  }
+  ~MountedCluster() { unmount_all(); }
+
+  int nodes() const { return static_cast<int>(daemons_.size()); }
+  const std::string& mnt(int node) const { return daemons_.at(node - 1)->mnt(); }
+  std::string path(int node, const std::string& rel) const { return mnt(node) + "/" + rel; }
+  const std::string& image() const { return image_.image(); }
+  const std::string& config() const { return config_; }
+
+  bool mount(int node, const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> args{"--config", config_, "--node", std::to_string(node)};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return daemons_.at(node - 1)->start(image(), args);
+  }
+  // Mounts every node at once (they join one another) and waits for all.
+  bool mount_all() {
+    std::vector<std::thread> ts;
+    std::vector<int> ok(daemons_.size(), 0);
+    for (int i = 1; i <= nodes(); ++i) ts.emplace_back([&, i] { ok[i - 1] = mount(i); });
+    for (auto& t : ts) t.join();
+    return std::all_of(ok.begin(), ok.end(), [](int v) { return v != 0; });
+  }
+  bool unmount(int node) { return daemons_.at(node - 1)->stop(); }
+  // Unmounts every node and checks the image. Returns fsck's exit code.
+  int unmount_all() {
+    bool any = false;
+    for (auto& d : daemons_) {
+      any = any || d->running();
+      d->stop();
+    }
+    return any ? image_.fsck() : -1;
+  }
+
+ private:
+  ScratchImage image_;
+  std::string config_;
+  std::vector<std::unique_ptr<FuseDaemon>> daemons_;
 };
 
 }  // namespace sharedfs::testing

@@ -31,6 +31,7 @@
 namespace sharedfs {
 namespace {
 
+using testing::MountedCluster;
 using testing::MountedFs;
 
 // A tmpfs of our own under a scratch directory, unmounted by the destructor.
@@ -108,14 +109,11 @@ class PosixModelTest : public ::testing::Test {
     const char* s = std::getenv("SHAREDFS_MODEL_SEED");
     seed_ = s != nullptr ? std::strtoull(s, nullptr, 10) : 20261123;
     const char* n = std::getenv("SHAREDFS_MODEL_STEPS");
-    steps_ = n != nullptr ? std::strtoul(n, nullptr, 10) : 20000;
+    steps_ = n != nullptr ? std::strtoul(n, nullptr, 10) : 0;
     rng_.seed(seed_);
     ASSERT_TRUE(ref_.mounted()) << "cannot mount a tmpfs for the reference tree";
-    m_ = std::make_unique<MountedFs>();
-    ASSERT_TRUE(m_->mount());
     ::umask(022);
   }
-  void TearDown() override { m_.reset(); }
 
   // 1 to 3 components from a pool of five names: operations collide, nest and miss.
   std::string random_path() {
@@ -290,6 +288,59 @@ class PosixModelTest : public ::testing::Test {
     }
   }
 
+  // The model run: each step is made through mount `roots[r]` for a random r and what it
+  // touched is compared through another random one (every mount must see every change at
+  // once); whole trees through every mount every 1,000 steps and after `remount` half-way.
+  void run_model(const std::vector<std::string>& roots, const std::function<void()>& remount) {
+    const std::string ref = ref_.root();
+    const auto replay = [&](unsigned long step) {
+      return fmt::format("seed {} step {} (replay: SHAREDFS_MODEL_SEED={})", seed_, step, seed_);
+    };
+    const auto all_trees_match = [&](unsigned long step, const char* when) {
+      const std::string want = whole_tree(ref);
+      for (const auto& root : roots) {
+        ASSERT_EQ(whole_tree(root), want) << when << " through " << root << "; " << replay(step);
+      }
+    };
+    std::map<std::string, std::pair<unsigned, unsigned>> tally;  // kind -> (ok, failed)
+    for (unsigned long i = 0; i < steps_; ++i) {
+      Step s = random_step();
+      const std::string& on = roots[rng_() % roots.size()];
+      const std::string& seen = roots[rng_() % roots.size()];
+      const int want = s.apply(ref);
+      const int got = s.apply(on);
+      auto& t = tally[s.what.substr(0, s.what.find(' '))];
+      ++(want == 0 ? t.first : t.second);
+      ASSERT_EQ(strerrorname_np(got) ? std::string(strerrorname_np(got)) : std::to_string(got),
+                strerrorname_np(want) ? std::string(strerrorname_np(want)) : std::to_string(want))
+          << s.what << " through " << on << "; " << replay(i);
+      for (const auto& p : s.paths) {
+        ASSERT_EQ(describe(seen, p, s.changes_data), describe(ref, p, s.changes_data))
+            << "after " << s.what << " through " << on << ", path " << p << " through " << seen
+            << "; " << replay(i);
+      }
+      if ((i + 1) % 1000 == 0) {
+        all_trees_match(i, "every 1,000 steps");
+        if (HasFatalFailure()) return;
+      }
+      if (i + 1 == steps_ / 2) {
+        // What was written must come back after an unmount (fsck must find it clean).
+        remount();
+        if (HasFatalFailure()) return;
+        all_trees_match(i, "after remount");
+        if (HasFatalFailure()) return;
+      }
+    }
+    all_trees_match(steps_, "at the end");
+    // The mix must keep doing things: most kinds succeed often, not just fail alike.
+    unsigned succeeded = 0;
+    for (const auto& [kind, t] : tally) {
+      std::printf("%-10s %6u ok %6u failed\n", kind.c_str(), t.first, t.second);
+      succeeded += t.first;
+    }
+    EXPECT_GE(succeeded, steps_ / 3) << "too few operations succeed to test much";
+  }
+
   std::string whole_tree(const std::string& root) {
     std::string out;
     describe_tree(root, ".", out);
@@ -301,47 +352,28 @@ class PosixModelTest : public ::testing::Test {
   std::mt19937_64 rng_;
   std::vector<std::pair<std::string, bool>> existing_;  // reference paths, is a directory
   ReferenceTmpfs ref_;
-  std::unique_ptr<MountedFs> m_;
 };
 
 TEST_F(PosixModelTest, RandomOperationsMatchTmpfs) {
-  const std::string sfs = m_->mnt();
-  const std::string ref = ref_.root();
-  const auto replay = [&](unsigned long step) {
-    return fmt::format("seed {} step {} (replay: SHAREDFS_MODEL_SEED={})", seed_, step, seed_);
-  };
-  std::map<std::string, std::pair<unsigned, unsigned>> tally;  // kind -> (ok, failed)
-  for (unsigned long i = 0; i < steps_; ++i) {
-    Step s = random_step();
-    const int want = s.apply(ref);
-    const int got = s.apply(sfs);
-    auto& t = tally[s.what.substr(0, s.what.find(' '))];
-    ++(want == 0 ? t.first : t.second);
-    ASSERT_EQ(strerrorname_np(got) ? std::string(strerrorname_np(got)) : std::to_string(got),
-              strerrorname_np(want) ? std::string(strerrorname_np(want)) : std::to_string(want))
-        << s.what << "; " << replay(i);
-    for (const auto& p : s.paths) {
-      ASSERT_EQ(describe(sfs, p, s.changes_data), describe(ref, p, s.changes_data)) << "after " << s.what << ", path " << p << "; "
-                                                    << replay(i);
-    }
-    if ((i + 1) % 1000 == 0) {
-      ASSERT_EQ(whole_tree(sfs), whole_tree(ref)) << replay(i);
-    }
-    if (i + 1 == steps_ / 2) {
-      // What was written must come back after an unmount (fsck must find it clean).
-      ASSERT_EQ(m_->unmount(), 0) << replay(i);
-      ASSERT_TRUE(m_->mount());
-      ASSERT_EQ(whole_tree(sfs), whole_tree(ref)) << "after remount; " << replay(i);
-    }
-  }
-  ASSERT_EQ(whole_tree(sfs), whole_tree(ref)) << replay(steps_);
-  // The mix must keep doing things: most kinds succeed often, not just fail alike.
-  unsigned succeeded = 0;
-  for (const auto& [kind, t] : tally) {
-    std::printf("%-10s %6u ok %6u failed\n", kind.c_str(), t.first, t.second);
-    succeeded += t.first;
-  }
-  EXPECT_GE(succeeded, steps_ / 3) << "too few operations succeed to test much";
+  if (steps_ == 0) steps_ = 20000;
+  MountedFs m;
+  ASSERT_TRUE(m.mount());
+  run_model({m.mnt()}, [&] {
+    ASSERT_EQ(m.unmount(), 0);
+    ASSERT_TRUE(m.mount());
+  });
+}
+
+// Three nodes of one cluster over one image: every step through a random node, checked
+// through another (issue 5's multi-node model test).
+TEST_F(PosixModelTest, ThreeNodesRandomOperationsMatchTmpfs) {
+  if (steps_ == 0) steps_ = 10000;
+  MountedCluster c(3);
+  ASSERT_TRUE(c.mount_all());
+  run_model({c.mnt(1), c.mnt(2), c.mnt(3)}, [&] {
+    ASSERT_EQ(c.unmount_all(), 0);
+    ASSERT_TRUE(c.mount_all());
+  });
 }
 
 }  // namespace
