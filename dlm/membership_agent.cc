@@ -97,10 +97,12 @@ void MembershipAgent::on_heartbeat(const Message& m, uint64_t now) {
   if (m.epoch > view_.membership.epoch && m.epoch > 0) {
     if (includes_me) {
       install(p.view);
-    } else if (joined_ && !leaving_ &&
+    } else if (joined_ && !leaving_ && m.from.id < opts_.self.id &&
                std::any_of(members.begin(), members.end(),
                            [&](const Member& x) { return x.id == m.from.id; })) {
-      // A newer view without us from a node inside it: we were declared dead.
+      // A newer view without us from a lower node inside it (a rightful coordinator): we
+      // were declared dead. From a higher node it only means that node has not heard us
+      // yet (links come up one direction at a time); our next view will include it.
       if (!expelled_) {
         spdlog::error("membership: node {} was dropped from the cluster by epoch {}",
                       opts_.self.id.value, m.epoch);

@@ -108,7 +108,9 @@ Result<ClusterMembership> join_cluster(const cluster::ClusterConfig& config, uin
   for (const auto& n : config.nodes) m.configured.push_back(NodeId(n.id));
   m.heartbeat_interval_ms = static_cast<uint64_t>(config.heartbeat_interval.count());
   m.dead_after_ms = static_cast<uint64_t>(config.heartbeat_timeout.count());
-  m.join_wait_ms = 3 * m.heartbeat_interval_ms;
+  // ZeroMQ connects each direction on its own and drops what it cannot queue yet: give the
+  // other nodes a second at least to be heard before forming a cluster without them.
+  m.join_wait_ms = std::max<uint64_t>(3 * m.heartbeat_interval_ms, 1000);
   c.leave_timeout = config.heartbeat_timeout;
   spdlog::info("node {}: joining cluster \"{}\"", node, config.name);
   RETURN_IF_ERROR(c.locks->node().join(

@@ -4,18 +4,23 @@
 // taken down, and fsck.sharedfs -n must find the image clean afterwards.
 #pragma once
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <cstring>
 #include <fstream>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -23,6 +28,34 @@
 #include "common/test_util.h"
 
 namespace sharedfs::testing {
+
+// A whole file's bytes, or "<error text>".
+inline std::string slurp(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY);
+  if (fd < 0) return "<" + std::string(strerror(errno)) + ">";
+  std::string out;
+  char buf[65536];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
+  close(fd);
+  return out;
+}
+// Writes `data` to `path` (created 0644) opened with `flags` added.
+inline void spit(const std::string& path, const std::string& data, int flags = O_TRUNC) {
+  int fd = open(path.c_str(), O_CREAT | O_WRONLY | flags, 0644);
+  ASSERT_GE(fd, 0) << path << ": " << strerror(errno);
+  ASSERT_EQ(write(fd, data.data(), data.size()), static_cast<ssize_t>(data.size()));
+  ASSERT_EQ(close(fd), 0);
+}
+// The names readdir returns, "." and ".." included.
+inline std::multiset<std::string> list_dir(const std::string& dir) {
+  std::multiset<std::string> out;
+  DIR* d = opendir(dir.c_str());
+  if (d == nullptr) return out;
+  while (dirent* e = readdir(d)) out.insert(e->d_name);
+  closedir(d);
+  return out;
+}
 
 // One `sharedfs mount -f` child serving one mount point.
 class FuseDaemon {
@@ -165,9 +198,13 @@ class MountedCluster {
     std::ofstream c(config_);
     c << "[cluster]\nname = \"test\"\nid = 77\nsecret = \"cluster-test-secret-0123\"\n"
          "heartbeat_interval_ms = 100\nheartbeat_timeout_ms = 1500\n";
-    for (int i = 1; i <= nodes; ++i) {
+    // Distinct ports: a port free a moment ago may come back from the next probe.
+    std::set<int> ports;
+    while (static_cast<int>(ports.size()) < nodes) ports.insert(free_port());
+    auto port = ports.begin();
+    for (int i = 1; i <= nodes; ++i, ++port) {
       c << "[[node]]\nid = " << i << "\nname = \"n" << i << "\"\naddress = \"127.0.0.1:"
-        << free_port() << "\"\n";
+        << *port << "\"\n";
       const auto mnt = image_.dir() / ("mnt" + std::to_string(i));
       std::filesystem::create_directories(mnt);
       daemons_.push_back(std::make_unique<FuseDaemon>(mnt.string()));

@@ -38,30 +38,11 @@ class PosixTest : public ::testing::Test {
   virtual uint64_t image_bytes() const { return uint64_t{2} << 30; }
 
   std::string p(const std::string& rel) const { return m_->path(rel); }
-  static std::string slurp(const std::string& path) {
-    int fd = open(path.c_str(), O_RDONLY);
-    if (fd < 0) return "<" + std::string(strerror(errno)) + ">";
-    std::string out;
-    char buf[65536];
-    ssize_t n;
-    while ((n = read(fd, buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
-    close(fd);
-    return out;
-  }
+  static std::string slurp(const std::string& path) { return testing::slurp(path); }
   static void spit(const std::string& path, const std::string& data, int flags = O_TRUNC) {
-    int fd = open(path.c_str(), O_CREAT | O_WRONLY | flags, 0644);
-    ASSERT_GE(fd, 0) << path << ": " << strerror(errno);
-    ASSERT_EQ(write(fd, data.data(), data.size()), static_cast<ssize_t>(data.size()));
-    ASSERT_EQ(close(fd), 0);
+    testing::spit(path, data, flags);
   }
-  static std::multiset<std::string> list(const std::string& dir) {
-    std::multiset<std::string> out;
-    DIR* d = opendir(dir.c_str());
-    if (d == nullptr) return out;
-    while (dirent* e = readdir(d)) out.insert(e->d_name);
-    closedir(d);
-    return out;
-  }
+  static std::multiset<std::string> list(const std::string& dir) { return testing::list_dir(dir); }
   // Runs `fn` in a child process as uid/gid 1000; returns its errno (0 for success).
   static int as_user(const std::function<int()>& fn) {
     pid_t pid = fork();
