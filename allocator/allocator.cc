@@ -301,6 +301,9 @@ Result<BlockRange> Allocator::allocate_any(Handle& h, uint64_t goal, uint32_t wa
                        "allocation of {} blocks, at least {}: need 1 <= min <= want", want, min);
   }
   std::vector<bool> tried(geo_.ag_count, false);
+  if (gate_) {
+    for (uint32_t ag = 0; ag < geo_.ag_count; ++ag) tried[ag] = !gate_(ag);
+  }
   auto attempt = [&](uint32_t ag,
                      std::optional<uint64_t> bit) -> Result<std::optional<BlockRange>> {
     tried[ag] = true;
@@ -310,7 +313,7 @@ Result<BlockRange> Allocator::allocate_any(Handle& h, uint64_t goal, uint32_t wa
   // 1. The goal's AG from the goal, or (no goal) the node's current AG from its cursor.
   const std::optional<uint32_t> goal_ag = goal != 0 ? geo_.ag_of(goal) : std::nullopt;
   const uint32_t first_ag = goal_ag ? *goal_ag : current_ag_.load();
-  if (ags_[first_ag].free_blocks >= min) {
+  if (!tried[first_ag] && ags_[first_ag].free_blocks >= min) {
     std::optional<uint64_t> bit;
     if (goal_ag) bit = goal - geo_.ag_header_blkno(*goal_ag);
     ASSIGN_OR_RETURN(auto r, attempt(first_ag, bit));
@@ -328,8 +331,8 @@ Result<BlockRange> Allocator::allocate_any(Handle& h, uint64_t goal, uint32_t wa
     }
   }
   return make_status(Code::kNoSpace,
-                     "no allocation group has {} contiguous free blocks ({} free in all)", min,
-                     usage().free_blocks);
+                     "no allocation group{} has {} contiguous free blocks ({} free in all)",
+                     gate_ ? " this change holds" : "", min, usage().free_blocks);
 }
 
 Result<BlockRange> Allocator::allocate(Handle& h, uint64_t goal, uint32_t want, uint32_t min) {
@@ -352,6 +355,12 @@ Status Allocator::free_range(Handle& h, BlockRange r, bool metadata, bool inode)
     return make_status(Code::kCorruption,
                        "freeing {} {}..{}: not inside one allocation group's data area",
                        inode ? "inode block" : "blocks", r.start, last);
+  }
+  if (gate_ && !gate_(*ag)) {
+    return make_status(Code::kInternal,
+                       "freeing {} {}..{} in allocation group {}, whose lock this change does "
+                       "not hold",
+                       inode ? "inode block" : "blocks", r.start, last, *ag);
   }
   AgState& st = ags_[*ag];
   std::lock_guard lock(st.mu);
@@ -415,6 +424,40 @@ uint64_t Allocator::busy_blocks() {
     for (const auto& [from, v] : st.busy) n += v.first - from;
   }
   return n;
+}
+
+std::optional<uint32_t> Allocator::ag_of(uint64_t blkno) const { return geo_.ag_of(blkno); }
+
+uint32_t Allocator::ag_count() const { return geo_.ag_count; }
+
+uint64_t Allocator::header_block(uint32_t ag) const { return geo_.ag_header_blkno(ag); }
+
+std::vector<uint32_t> Allocator::pick_ags(uint64_t blocks) {
+  const uint32_t current = current_ag_.load();
+  if (ags_[current].free_blocks >= blocks) return {current};
+  for (const uint32_t ag : order_) {
+    if (ags_[ag].free_blocks >= blocks) {
+      current_ag_ = ag;
+      return {ag};
+    }
+  }
+  std::vector<uint32_t> out;
+  uint64_t room = 0;
+  for (const uint32_t ag : order_) {
+    if (ags_[ag].free_blocks == 0) continue;
+    out.push_back(ag);
+    room += ags_[ag].free_blocks;
+    if (room >= blocks) break;
+  }
+  if (out.empty()) return {current};  // full: the allocation will say so
+  current_ag_ = out.front();
+  return out;
+}
+
+void Allocator::note_counts(uint32_t ag, uint64_t free_blocks, uint64_t inodes) {
+  SHAREDFS_CHECK(ag < geo_.ag_count, "AG index out of range");
+  ags_[ag].free_blocks = free_blocks;
+  ags_[ag].inodes = inodes;
 }
 
 Usage Allocator::usage() const {

@@ -8,8 +8,10 @@
 // the operation that asked for it. An AG header's free_blocks and inode_count always
 // equal what its bitmap says (fsck checks this).
 //
-// Single node for now: each AG is guarded by a process-local mutex standing in for the
-// AG's DLM lock, whose lock value block will carry the AG's free count.
+// Each AG is guarded by a process-local mutex (between this node's threads). In a cluster
+// the AG's DLM lock (dlm::LockSpace::kAllocGroup, EX) is taken by the file system before
+// the journal handle begins (docs/cluster.md); set_gate() tells the allocator which AGs the
+// calling thread's change holds, and it allocates and frees only in those.
 //
 // Thread-safety: all methods may be called concurrently from any thread. Lock order: one
 // AG lock at a time (never two), then the TransactionManager's own mutex (taken inside
@@ -21,6 +23,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -87,6 +90,28 @@ class Allocator {
   // lock. Exact when no allocation or free is in flight.
   Usage usage() const;
 
+  // Cluster mounts: whether the calling thread's change holds AG `ag`'s cluster lock. Once
+  // set, allocations skip the AGs it refuses (kNoSpace if none it allows has room), and a
+  // free in an AG it refuses is kInternal with nothing changed: the caller must lock the
+  // AGs of what it frees before its handle begins. Set once, before any allocation.
+  using Gate = std::function<bool(uint32_t ag)>;
+  void set_gate(Gate gate) { gate_ = std::move(gate); }
+
+  // The AG of device block `blkno` (headers and bitmaps included), if any.
+  std::optional<uint32_t> ag_of(uint64_t blkno) const;
+  uint32_t ag_count() const;
+  // The AGs the next allocations without a goal should use so that `blocks` fit (by the
+  // in-memory counts): the current AG while it has room, else the first AG in the node's
+  // order (home AGs first) that has, else as many AGs in that order as it takes (all, if
+  // the file system is that full). The first becomes the current AG. Cluster mounts lock
+  // them before the handle.
+  std::vector<uint32_t> pick_ags(uint64_t blocks);
+  // The device block of AG `ag`'s header (to read it without the cache or a lock).
+  uint64_t header_block(uint32_t ag) const;
+  // Counts of an AG this node does not hold, read from its header on the device by the
+  // caller: statfs and AG choice see the other nodes' allocations.
+  void note_counts(uint32_t ag, uint64_t free_blocks, uint64_t inodes);
+
  private:
   struct AgState;
   struct HeaderRef;
@@ -115,6 +140,7 @@ class Allocator {
   uint64_t total_blocks_ = 0;       // sum of the AG data areas; fixed at open
   // The AG that allocations without a goal start in: the last AG such an allocation used.
   std::atomic<uint32_t> current_ag_{0};
+  Gate gate_;  // empty: every AG may be used
 };
 
 }  // namespace sharedfs::allocator

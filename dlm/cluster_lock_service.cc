@@ -135,6 +135,13 @@ void ClusterLockService::unlock_uncached(const ResourceName& r) {
   });
 }
 
+// An AG's lock keeps other nodes out of its header and bitmaps; this node's threads are
+// ordered by the allocator's own mutex per AG, and a change holds its AG locks for its whole
+// length (data writes included), so exclusion between them here would serialise the node.
+bool ClusterLockService::shared_between_threads(const LockName& name) {
+  return name.space == LockSpace::kAllocGroup;
+}
+
 Result<Lock> ClusterLockService::lock(LockName name, LockMode mode) {
   if (mode == LockMode::kNL) return make_lock(name, mode);  // excludes nothing, anywhere
   if (name.space == LockSpace::kOpen) return lock_uncached(name, mode, /*try_only=*/false);
@@ -165,7 +172,7 @@ Result<Lock> ClusterLockService::lock(LockName name, LockMode mode) {
     l.lock();
   }
   // Exclusion between our threads; waiting EX takers hold off new PR takers.
-  if (mode == LockMode::kEX) {
+  if (mode == LockMode::kEX && !shared_between_threads(name)) {
     ++e.writers_waiting;
     local_cv_.wait(l, [&] { return !e.writer && e.readers == 0; });
     --e.writers_waiting;
@@ -210,7 +217,7 @@ void ClusterLockService::unlock(const LockName& name, LockMode mode) {
     SHAREDFS_CHECK(it != entries_.end() && it->second.local_users > 0,
                    "unlock of a cluster lock not held");
     Entry& e = it->second;
-    if (mode == LockMode::kEX) {
+    if (mode == LockMode::kEX && !shared_between_threads(name)) {
       e.writer = false;
     } else {
       --e.readers;

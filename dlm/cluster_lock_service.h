@@ -74,6 +74,8 @@ class ClusterLockService final : public LockService {
   };
 
   ClusterLockService() = default;
+  // Locks that exclude other nodes but not this node's threads (EX taken as shared here).
+  static bool shared_between_threads(const LockName& name);
   void unlock(const LockName& name, LockMode mode) override;
   Result<Lock> lock_uncached(LockName name, LockMode mode, bool try_only);
   void unlock_uncached(const ResourceName& r);

@@ -35,7 +35,9 @@ enum class LockSpace : uint8_t {
   kRename = 0,      // id 0: directory renames that move a directory (one cluster-wide)
   kInode = 1,       // id: inode number. Covers the inode, its mapping, its entries, xattrs
   kOrphanList = 2,  // id: slot. Covers the slot's orphan-list block and chain links
-  kAllocGroup = 3,  // id: AG index. Covers the AG header and bitmap
+  // id: AG index. Covers the AG header and bitmap. EX excludes other nodes; the cluster
+  // service shares it between this node's threads (the allocator orders them per AG).
+  kAllocGroup = 3,
   kSlotTable = 4,   // id 0: the slot table
   // id: inode number. Held PR while this node's kernel may use the inode (lookup count
   // above zero); EX, only by try_lock, to free an unlinked inode nobody uses. Never cached:

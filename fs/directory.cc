@@ -389,6 +389,26 @@ Result<std::vector<ListedEntry>> Directory::list(uint64_t cookie, size_t max) {
   return out;
 }
 
+Result<std::vector<allocator::BlockRange>> Directory::owned_blocks() {
+  std::vector<allocator::BlockRange> out;
+  if (inode_.flags & format::Inode::kInlineData) return out;
+  const uint64_t size = uint64_t{1} << inode_.dir_depth;
+  uint64_t index = 0;
+  while (index < size) {
+    ASSIGN_OR_RETURN(uint64_t head, table_pointer(index));
+    ASSIGN_OR_RETURN(std::vector<Leaf> chain, load_chain(head));
+    const uint32_t d = std::min<uint32_t>(chain.front().leaf.depth, inode_.dir_depth);
+    for (const Leaf& l : chain) out.push_back({l.blkno, 1});
+    index = ((index >> (inode_.dir_depth - d)) + 1) << (inode_.dir_depth - d);
+  }
+  ExtentTree table = table_map();
+  ASSIGN_OR_RETURN(auto extents, table.extents(0, UINT64_MAX));
+  for (const auto& e : extents) out.push_back({e.physical, e.length});
+  ASSIGN_OR_RETURN(auto nodes, table.node_blocks());
+  for (uint64_t b : nodes) out.push_back({b, 1});
+  return out;
+}
+
 Status Directory::release_blocks(journal::Handle& h) {
   if (inode_.flags & format::Inode::kInlineData) return Status::ok();
   const uint64_t size = uint64_t{1} << inode_.dir_depth;

@@ -57,6 +57,9 @@ class Directory {
   Result<std::vector<ListedEntry>> list(uint64_t cookie, size_t max);
   // Frees every leaf and table block (the directory is being deleted; it must be empty).
   Status release_blocks(journal::Handle& h);
+  // Every block the directory owns (leaves, its table's blocks and extent-tree nodes):
+  // what release_blocks() frees.
+  Result<std::vector<allocator::BlockRange>> owned_blocks();
 
  private:
   struct Leaf {

@@ -132,6 +132,24 @@ Status ExtentTree::collect(Node& n, uint64_t start, uint64_t end, std::vector<Ex
   return Status::ok();
 }
 
+Status ExtentTree::collect_nodes(const Node& n, std::vector<uint64_t>& out) {
+  if (n.depth == 0) return Status::ok();
+  for (const Extent& e : n.entries) {
+    out.push_back(e.physical);
+    if (n.depth > 1) {
+      ASSIGN_OR_RETURN(Node child, load(e.physical, n.depth - 1));
+      RETURN_IF_ERROR(collect_nodes(child, out));
+    }
+  }
+  return Status::ok();
+}
+
+Result<std::vector<uint64_t>> ExtentTree::node_blocks() {
+  std::vector<uint64_t> out;
+  RETURN_IF_ERROR(collect_nodes(root(), out));
+  return out;
+}
+
 Result<std::vector<Extent>> ExtentTree::extents(uint64_t start, uint64_t end) {
   std::vector<Extent> out;
   Node r = root();

@@ -43,6 +43,8 @@ class ExtentTree {
   Result<Mapping> lookup(uint64_t logical);
   // The extents overlapping [start, end), in order.
   Result<std::vector<format::Extent>> extents(uint64_t start, uint64_t end);
+  // The tree's own blocks (index and leaf nodes below the root in the inode).
+  Result<std::vector<uint64_t>> node_blocks();
   // The first extent ending after `logical` (for SEEK_DATA / SEEK_HOLE), if any.
   Result<std::optional<format::Extent>> next_extent(uint64_t logical);
 
@@ -80,6 +82,7 @@ class ExtentTree {
                      std::vector<format::Extent>& reinsert);
   Result<std::optional<format::Extent>> first_from(Node& n, uint64_t logical);
   Status collect(Node& n, uint64_t start, uint64_t end, std::vector<format::Extent>& out);
+  Status collect_nodes(const Node& n, std::vector<uint64_t>& out);
 
   journal::TransactionManager& tm_;
   allocator::Allocator& alloc_;

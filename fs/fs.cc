@@ -158,6 +158,10 @@ Status FileSystem::start() {
   // Nothing may stay cached that was read without the lock covering it (another node may
   // be changing it), so allocation reads them again under the lock.
   (void)tm_->drop_unused();
+  if (opts_.ag_locks) {
+    ags_held_.assign(alloc_->ag_count(), false);
+    alloc_->set_gate(&FileSystem::AgGate::allows);
+  }
   RETURN_IF_ERROR(set_slot_in_use(true));
   RETURN_IF_ERROR(free_orphans_at_mount());
   RETURN_IF_ERROR(tm_->commit().status());
@@ -218,13 +222,22 @@ void FileSystem::background_loop() {
     const auto now = std::chrono::steady_clock::now();
     if (now >= next_commit) {
       if (auto st = tm_->commit(); !st) spdlog::error("periodic commit: {}", st.status().to_string());
+      // Cluster: the AG headers go home too, where the other nodes read this node's
+      // allocations for statfs (refresh_foreign_ag_counts).
+      if (opts_.ag_locks) {
+        std::lock_guard flush(flush_mu_);
+        if (!journal_closed_) {
+          if (auto st = journal_->checkpoint(); !st) spdlog::error("periodic checkpoint: {}", st.to_string());
+        }
+      }
       next_commit = now + opts_.commit_interval;
     }
     if (now >= next_beat) {
       if (auto st = write_heartbeat(format::HeartbeatState::kMounted); !st) {
         spdlog::error("heartbeat: {}", st.to_string());
       }
-      if (opts_.open_locks) retry_orphans();
+      if (opts_.open_locks || opts_.ag_locks) retry_orphans();
+      if (opts_.ag_locks) refresh_foreign_ag_counts();
       next_beat = now + opts_.heartbeat_interval;
     }
     lock.lock();
@@ -306,15 +319,82 @@ Result<dlm::Lock> FileSystem::lock_inode(Ino ino, dlm::LockMode mode) {
   return locks_->lock({dlm::LockSpace::kInode, ino}, mode);
 }
 
-// The cluster-wide allocation lock: "every AG". Taken before the handle, never under one
-// (docs/cluster.md: a flush commits, and a commit waits for open handles).
-Result<FileSystem::Change> FileSystem::begin_change() {
-  dlm::Lock allocation;
-  if (opts_.cluster_allocation_lock) {
-    ASSIGN_OR_RETURN(allocation, locks_->lock({dlm::LockSpace::kAllocGroup, kAllAllocationGroups},
-                                              dlm::LockMode::kEX));
+thread_local FileSystem::AgGate* FileSystem::AgGate::current = nullptr;
+
+// The AG locks come before the handle, never under one (docs/cluster.md: a flush commits,
+// and a commit waits for open handles), in ascending AG order after every inode lock.
+// Between this node's threads they are shared (the allocator's per-AG mutex orders them).
+Result<FileSystem::Change> FileSystem::begin_change(uint64_t alloc_blocks,
+                                                    const std::set<uint32_t>& frees) {
+  std::vector<dlm::Lock> locks;
+  std::unique_ptr<AgGate> gate;
+  if (opts_.ag_locks) {
+    std::set<uint32_t> ags = frees;
+    for (uint32_t ag : alloc_->pick_ags(alloc_blocks)) ags.insert(ag);
+    for (uint32_t ag : ags) {
+      ASSIGN_OR_RETURN(auto lock, locks_->lock({dlm::LockSpace::kAllocGroup, ag}, dlm::LockMode::kEX));
+      locks.push_back(std::move(lock));
+      note_ag_held(ag, true);
+    }
+    gate = std::make_unique<AgGate>(std::vector<uint32_t>(ags.begin(), ags.end()));
   }
-  return Change{std::move(allocation), tm_->begin()};
+  return Change{std::move(locks), std::move(gate), tm_->begin()};
+}
+
+Result<std::set<uint32_t>> FileSystem::ags_to_free(InodeRef& ref, uint64_t first,
+                                                    bool tree_nodes) {
+  std::set<uint32_t> ags;
+  if (!opts_.ag_locks) return ags;
+  auto add = [&](uint64_t start, uint64_t count) {
+    for (uint64_t b : {start, start + count - 1}) {
+      if (auto ag = alloc_->ag_of(b)) ags.insert(*ag);
+    }
+  };
+  Inode& n = ref.inode;
+  if (first == 0) add(ref.ino, 1);
+  if (n.xattr_block != 0) add(n.xattr_block, 1);
+  if (ref.is_dir() && first == 0) {
+    Directory d(*tm_, *alloc_, sb_, ref.ino, n);
+    ASSIGN_OR_RETURN(auto blocks, d.owned_blocks());
+    for (const auto& r : blocks) add(r.start, r.count);
+  } else if (!(n.flags & Inode::kInlineData) && (first != UINT64_MAX || tree_nodes)) {
+    ExtentTree t(*tm_, *alloc_, sb_, ref.ino, n);
+    if (first != UINT64_MAX) {
+      ASSIGN_OR_RETURN(auto extents, t.extents(first, UINT64_MAX));
+      for (const auto& e : extents) add(e.physical, e.length);
+    }
+    // A removal may empty tree nodes anywhere in the tree, which are freed with it.
+    if (n.extent_depth > 0) {
+      ASSIGN_OR_RETURN(auto nodes, t.node_blocks());
+      for (uint64_t b : nodes) add(b, 1);
+    }
+  }
+  return ags;
+}
+
+void FileSystem::note_ag_held(uint32_t ag, bool held) {
+  std::lock_guard lock(ags_held_mu_);
+  if (ag < ags_held_.size()) ags_held_[ag] = held;
+}
+
+// The counts of the AGs another node may be changing come from their headers on the
+// device, read without a lock or the cache: a hint for choosing AGs and statfs's figure,
+// which is so right cluster-wide within a refresh interval.
+void FileSystem::refresh_foreign_ag_counts() {
+  device::AlignedBuffer buf(bs_);
+  for (uint32_t ag = 0; ag < alloc_->ag_count(); ++ag) {
+    {
+      std::lock_guard lock(ags_held_mu_);
+      if (ags_held_[ag]) continue;
+    }
+    const uint64_t blkno = alloc_->header_block(ag);
+    if (!dev_.read(blkno * bs_, buf.span())) continue;
+    // A header caught mid-write fails its checksum: keep the old figure until next time.
+    auto hdr = format::AgHeader::decode(buf.span(), ctx(blkno));
+    if (!hdr) continue;
+    std::lock_guard lock(ags_held_mu_);
+    if (!ags_held_[ag]) alloc_->note_counts(ag, hdr->free_blocks, hdr->inode_count);
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -329,6 +409,10 @@ Status FileSystem::flush_for_lock(const dlm::LockName& name, dlm::LockMode new_m
   RETURN_IF_ERROR(tm_->commit().status().with_context(fmt::format("flushing {}", name.to_string())));
   RETURN_IF_ERROR(journal_->checkpoint().with_context(fmt::format("flushing {}", name.to_string())));
   if (new_mode == dlm::LockMode::kNL) (void)tm_->drop_unused();
+  if (name.space == dlm::LockSpace::kAllocGroup) {
+    ++ag_lock_flushes_;
+    if (new_mode == dlm::LockMode::kNL) note_ag_held(static_cast<uint32_t>(name.id), false);
+  }
   ++lock_flushes_;
   if (name.space == dlm::LockSpace::kInode) invalidate_dir_alias(name.id);
   return Status::ok();
@@ -446,7 +530,14 @@ Result<Attr> FileSystem::setattr(Ino ino, const SetAttr& c, const Caller& caller
       return posix_error(ref.is_dir() ? EISDIR : EINVAL, "truncate of a non-regular file");
     }
     const uint64_t now = detail::now_ns();
-    ASSIGN_OR_RETURN(auto change, begin_change());
+    // A shrink frees the blocks past the new end; a chmod may rewrite the ACL block.
+    std::set<uint32_t> frees;
+    if ((c.size && *c.size < n.size) || c.mode) {
+      const bool shrink = c.size && *c.size < n.size;
+      ASSIGN_OR_RETURN(frees, ags_to_free(ref, shrink ? (*c.size + bs_ - 1) / bs_ : UINT64_MAX,
+                                          shrink));
+    }
+    ASSIGN_OR_RETURN(auto change, begin_change(kMetadataBlocks, frees));
     journal::Handle& h = change.handle;
     if (c.size && *c.size != n.size) {
       if (*c.size < n.size) {
@@ -550,7 +641,8 @@ Status FileSystem::evict(Ino ino) {
   if (ref->inode.nlink != 0 || !(ref->inode.flags & Inode::kOrphan)) return Status::ok();
   ASSIGN_OR_RETURN(bool used, used_elsewhere(ino));
   if (used) return Status::ok();  // retried by retry_orphans()
-  ASSIGN_OR_RETURN(auto change, begin_change());
+  ASSIGN_OR_RETURN(auto frees, ags_to_free(*ref, 0));
+  ASSIGN_OR_RETURN(auto change, begin_change(kMetadataBlocks, frees));
   journal::Handle& h = change.handle;
   RETURN_IF_ERROR(orphan_remove(h, *ref));
   RETURN_IF_ERROR(free_inode_blocks(h, *ref));
@@ -587,7 +679,9 @@ Status FileSystem::drop_inode(journal::Handle& h, InodeRef& ref) {
   if (!used) {
     ASSIGN_OR_RETURN(used, used_elsewhere(ref.ino));
   }
-  if (!used) {
+  // With AG locks the blocks are freed in a change of their own (evict), which locks their
+  // AGs before its handle; this change locked only what it allocates from.
+  if (!used && !opts_.ag_locks) {
     RETURN_IF_ERROR(free_inode_blocks(h, ref));
     return alloc_->free_inode(h, ref.ino);
   }
@@ -724,7 +818,8 @@ Status FileSystem::free_orphans_at_mount() {
     const Ino ino = list.head;
     ASSIGN_OR_RETURN(auto ref, load(ino));
     {
-      ASSIGN_OR_RETURN(auto change, begin_change());
+      ASSIGN_OR_RETURN(auto frees, ags_to_free(ref, 0));
+      ASSIGN_OR_RETURN(auto change, begin_change(kMetadataBlocks, frees));
       journal::Handle& h = change.handle;
       list.head = ref.inode.next_orphan;
       list.count = list.count > 0 ? list.count - 1 : 0;

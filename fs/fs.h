@@ -38,6 +38,7 @@
 #include <mutex>
 #include <optional>
 #include <span>
+#include <set>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -74,10 +75,11 @@ struct MountOptions {
   // Cluster mounts: where the lock service's flush hook finds this file system (attached
   // before the first lock is taken, detached when it is destroyed).
   std::shared_ptr<LockFlushTarget> flush_target;
-  // Cluster mounts, until allocation groups are reserved per operation (docs/cluster.md):
-  // every change that may allocate or free blocks first takes one cluster-wide allocation
-  // lock, before its journal handle, so that two nodes never change AG bitmaps at once.
-  bool cluster_allocation_lock = false;
+  // Cluster mounts: every change first takes the cluster locks (ag:A, EX) of the AGs it may
+  // allocate from and of those it frees into, before its journal handle, and allocates
+  // only from those (docs/cluster.md, "Allocation"). An unlinked inode is then always freed
+  // through the orphan list, in a change of its own that knows its blocks up front.
+  bool ag_locks = false;
   // Cluster mounts: hold `open:N` in PR while the kernel may use inode N, and free an
   // unlinked inode only when try_lock(open:N, EX) says no node uses it; otherwise it waits
   // on this node's orphan list, retried in the background (docs/cluster.md, "Inode reuse").
@@ -216,6 +218,8 @@ class FileSystem {
   // dentry is invalidated through the entry invalidator (see set_entry_invalidator).
   Status flush_for_lock(const dlm::LockName& name, dlm::LockMode new_mode);
   uint64_t lock_flushes() const { return lock_flushes_.load(); }
+  // Of which AG locks (ag_locks): how often another node took one of ours.
+  uint64_t ag_lock_flushes() const { return ag_lock_flushes_.load(); }
 
   // The frontend's way to make the kernel drop its dentry `name` in `parent`; the future
   // is ready once the kernel did. Set while the FUSE session runs (null: none).
@@ -244,13 +248,29 @@ class FileSystem {
   format::BlockContext ctx(uint64_t blkno) const { return {blkno, tag_}; }
 
   Result<dlm::Lock> lock_inode(Ino ino, dlm::LockMode mode);
-  // A journal handle for a change; in a cluster first the allocation lock (see
-  // MountOptions::cluster_allocation_lock). Declared lock first: the handle ends before it.
+  // A journal handle for a change. With ag_locks, first the locks of the AGs it may use: an
+  // AG with room for `alloc_blocks` more blocks (pick_ag) and the AGs in `frees` (of the
+  // blocks the change will free), taken in ascending order; the allocator allocates and
+  // frees only in those while the change lasts (on this thread). Declared in the order of
+  // release: the handle ends first, then the gate, then the AG locks.
+  struct AgGate;
   struct Change {
-    dlm::Lock allocation;
+    std::vector<dlm::Lock> ag_locks;
+    std::unique_ptr<AgGate> gate;
     journal::Handle handle;
   };
-  Result<Change> begin_change();
+  static constexpr uint64_t kMetadataBlocks = 64;  // what a metadata change may allocate
+  Result<Change> begin_change(uint64_t alloc_blocks = kMetadataBlocks,
+                              const std::set<uint32_t>& frees = {});
+  // The AGs of the blocks inode `ref` owns from file block `first` on (data and, with
+  // `tree_nodes`, every extent-tree node), its xattr block, and when `first` is 0 also its
+  // directory blocks and its own inode block: what freeing them needs locked. UINT64_MAX:
+  // no data. Empty without ag_locks.
+  Result<std::set<uint32_t>> ags_to_free(InodeRef& ref, uint64_t first, bool tree_nodes = true);
+  // ag_locks: the AGs this node holds (took since it last gave them up), whose in-memory
+  // counts are its own; the others' are refreshed from their headers in the background.
+  void note_ag_held(uint32_t ag, bool held);
+  void refresh_foreign_ag_counts();
   Attr make_attr(Ino ino, const format::Inode& inode) const;
   Result<Attr> create_node(Ino parent, std::string_view name, uint32_t mode, uint32_t rdev,
                            std::string_view symlink_target, const Caller& caller);
@@ -317,6 +337,9 @@ class FileSystem {
   std::unordered_map<Ino, Ino> orphan_next_;
   std::atomic<uint64_t> next_generation_;
   std::atomic<uint64_t> lock_flushes_{0};
+  std::atomic<uint64_t> ag_lock_flushes_{0};
+  std::mutex ags_held_mu_;
+  std::vector<bool> ags_held_;  // GUARDED_BY(ags_held_mu_); ag_locks only
   // Serialises flush_for_lock with closing the journal at unmount.
   std::mutex flush_mu_;
   bool journal_closed_ = false;  // GUARDED_BY(flush_mu_)

@@ -67,8 +67,10 @@ class TwoNodeTest : public testing::ImageTest {
       o.check_live_slot = false;
       o.locks = node_[i].locks;
       o.flush_target = node_[i].target;
-      o.cluster_allocation_lock = true;
+      o.ag_locks = true;
       o.open_locks = true;
+      o.commit_interval = std::chrono::milliseconds(300);
+      o.heartbeat_interval = std::chrono::milliseconds(100);
       auto fs = FileSystem::mount(i == 0 ? *dev_ : *node_[1].dev, o);
       ASSERT_OK(fs);
       node_[i].fs = std::move(*fs);
@@ -180,6 +182,74 @@ TEST_F(TwoNodeTest, BothNodesCreateInOneDirectoryAtOnce) {
 // DESIGN.md §4 "stale replay": node A changes a block and gives up its lock, node B
 // changes the same block, A crashes. A's journal, replayed at its next mount, must not
 // put A's old image back over B's change (the flush checkpointed and emptied A's log).
+// Each node allocates in its own AGs (a % slots == slot), so creating and writing in two
+// directories at once moves no AG lock between the nodes.
+TEST_F(TwoNodeTest, EachNodeAllocatesInItsOwnAllocationGroups) {
+  auto sb = read_superblock(*dev_);
+  ASSERT_OK(sb);
+  ASSERT_GE(sb->geo.ag_count, 2u);
+  const Ino root = a().root();
+  auto da = a().mkdir(root, "da", 0755, caller_);
+  ASSERT_OK(da);
+  auto db = b().mkdir(root, "db", 0755, caller_);
+  ASSERT_OK(db);
+  const uint64_t flushes_before = a().ag_lock_flushes() + b().ag_lock_flushes();
+  std::atomic<int> failures{0};
+  std::vector<Ino> made[2];
+  auto work = [&](int node, Ino dir) {
+    FileSystem& fs = node == 0 ? a() : b();
+    for (int i = 0; i < 100; ++i) {
+      auto c = fs.mknod(dir, fmt::format("f{}", i), S_IFREG | 0644, 0, caller_);
+      if (!c) {
+        ++failures;
+        continue;
+      }
+      made[node].push_back(c->ino);
+      if (!fs.write(c->ino, 0, bytes_of(std::string(20000, 'x')))) ++failures;
+      fs.forget(c->ino, 1);
+    }
+  };
+  std::thread ta(work, 0, da->ino);
+  std::thread tb(work, 1, db->ino);
+  ta.join();
+  tb.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(a().ag_lock_flushes() + b().ag_lock_flushes(), flushes_before)
+      << "an AG lock moved between the nodes";
+  for (int node = 0; node < 2; ++node) {
+    for (Ino ino : made[node]) {
+      auto ag = sb->geo.ag_of(ino);
+      ASSERT_TRUE(ag.has_value());
+      EXPECT_EQ(*ag % sb->geo.slots, static_cast<uint32_t>(node)) << "inode " << ino;
+    }
+  }
+  a().forget(da->ino, 1);
+  b().forget(db->ino, 1);
+}
+
+// statfs counts what the other node allocated and freed (within a commit interval plus a
+// heartbeat: the other node's AG headers are read from the device).
+TEST_F(TwoNodeTest, StatfsCountsTheOtherNodesAllocations) {
+  const Ino root = a().root();
+  const uint64_t before = b().statfs().f_bfree;
+  auto f = a().mknod(root, "big", S_IFREG | 0644, 0, caller_);
+  ASSERT_OK(f);
+  ASSERT_OK(a().write(f->ino, 0, std::vector<std::byte>(8 << 20)));  // 2048 blocks
+  auto wait_for = [&](auto done) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!done() && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return done();
+  };
+  EXPECT_TRUE(wait_for([&] { return b().statfs().f_bfree + 2048 <= before; }))
+      << "B still sees " << b().statfs().f_bfree << " free blocks, " << before << " before";
+  a().forget(f->ino, 1);
+  ASSERT_OK(a().unlink(root, "big"));
+  EXPECT_TRUE(wait_for([&] { return b().statfs().f_bfree + 16 >= before; }))
+      << "B sees " << b().statfs().f_bfree << " free blocks after the unlink, " << before << " before";
+}
+
 TEST_F(TwoNodeTest, ReplayAfterACrashDoesNotUndoTheOtherNodesChange) {
   const Ino root = a().root();
   auto f = a().mknod(root, "x", S_IFREG | 0644, 0, caller_);
@@ -201,7 +271,7 @@ TEST_F(TwoNodeTest, ReplayAfterACrashDoesNotUndoTheOtherNodesChange) {
   o.check_live_slot = false;
   o.locks = node_[0].locks;
   o.flush_target = node_[0].target;
-  o.cluster_allocation_lock = true;
+  o.ag_locks = true;
   auto again = FileSystem::mount(*dev_, o);
   ASSERT_OK(again);
   node_[0].fs = std::move(*again);

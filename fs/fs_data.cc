@@ -114,7 +114,9 @@ Result<size_t> FileSystem::write_once(Ino ino, uint64_t offset, std::span<const 
     ASSIGN_OR_RETURN(auto ref, load(ino));
     if (!ref.is_reg()) return posix_error(ref.is_dir() ? EISDIR : EINVAL, "write of a non-file");
     Inode& n = ref.inode;
-    ASSIGN_OR_RETURN(auto change, begin_change());
+    // Mapping unwritten blocks as written may empty (and free) extent-tree nodes.
+    ASSIGN_OR_RETURN(auto frees, ags_to_free(ref, UINT64_MAX, /*tree_nodes=*/true));
+    ASSIGN_OR_RETURN(auto change, begin_change(data.size() / bs_ + kMetadataBlocks, frees));
     journal::Handle& h = change.handle;
     ExtentTree t(*tm_, *alloc_, sb_, ino, n);
     uint64_t goal = 0;  // device block after the previous run: keeps files contiguous
@@ -317,7 +319,10 @@ Status FileSystem::fallocate_once(Ino ino, int mode, uint64_t offset, uint64_t l
     ASSIGN_OR_RETURN(auto ref, load(ino));
     if (!ref.is_reg()) return posix_error(ref.is_dir() ? EISDIR : ENODEV, "fallocate of a non-file");
     Inode& n = ref.inode;
-    ASSIGN_OR_RETURN(auto change, begin_change());
+    const bool frees_blocks = (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) != 0;
+    ASSIGN_OR_RETURN(auto frees, ags_to_free(ref, frees_blocks ? offset / bs_ : UINT64_MAX));
+    const uint64_t alloc_blocks = (mode & FALLOC_FL_PUNCH_HOLE) ? 0 : length / bs_ + 1;
+    ASSIGN_OR_RETURN(auto change, begin_change(alloc_blocks + kMetadataBlocks, frees));
     journal::Handle& h = change.handle;
     const uint64_t end = offset + length;
     if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) {

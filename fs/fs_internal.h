@@ -14,9 +14,24 @@
 
 namespace sharedfs::fs {
 
-// The id of the cluster-wide allocation lock in LockSpace::kAllocGroup ("every AG").
-inline constexpr uint64_t kAllAllocationGroups = ~uint64_t{0};
+// The AGs the calling thread's change holds, for the allocator's gate. A thread is in one
+// change at a time; the gate lives on the heap so the Change may move.
+struct FileSystem::AgGate {
+  explicit AgGate(std::vector<uint32_t> held) : ags(std::move(held)), previous(current) {
+    current = this;
+  }
+  ~AgGate() { current = previous; }
+  AgGate(const AgGate&) = delete;
+  AgGate& operator=(const AgGate&) = delete;
 
+  static bool allows(uint32_t ag) {
+    return current != nullptr && std::binary_search(current->ags.begin(), current->ags.end(), ag);
+  }
+
+  const std::vector<uint32_t> ags;  // ascending
+  AgGate* const previous;
+  static thread_local AgGate* current;
+};
 // A decoded inode and the cached block it lives in. Valid while the caller holds the
 // inode's lock; store() re-encodes it into the block.
 struct FileSystem::InodeRef {

@@ -277,7 +277,8 @@ Status FileSystem::removexattr(Ino ino, std::string_view name) {
 }
 
 Status FileSystem::write_xattrs(InodeRef& ref, format::XattrBlock& xb) {
-  ASSIGN_OR_RETURN(auto change, begin_change());
+  ASSIGN_OR_RETURN(auto frees, ags_to_free(ref, UINT64_MAX, /*tree_nodes=*/false));
+  ASSIGN_OR_RETURN(auto change, begin_change(kMetadataBlocks, frees));
   journal::Handle& h = change.handle;
   RETURN_IF_ERROR(store_xattrs(h, ref, xb));
   ref.inode.ctime_ns = detail::now_ns();

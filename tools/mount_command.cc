@@ -189,7 +189,7 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
     mo.slot_prepared = true;
     mo.locks = membership->locks;
     mo.flush_target = membership->target;
-    mo.cluster_allocation_lock = true;
+    mo.ag_locks = true;
     mo.open_locks = true;
   }
   // Leaves the cluster once the file system is unmounted (journal clean) or never mounted.

@@ -13,6 +13,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
+#include <mutex>
 #include <set>
 #include <string>
 #include <thread>
@@ -28,6 +30,25 @@ using testing::MountedCluster;
 using testing::slurp;
 using testing::spit;
 using Clock = std::chrono::steady_clock;
+
+// "4096 bytes: 2048 x 'C', 2048 x 0x00": what a read returned, as runs of one byte.
+std::string describe(const char* b, size_t n) {
+  std::string out = std::to_string(n) + " bytes:";
+  for (size_t i = 0; i < n;) {
+    size_t j = i;
+    while (j < n && b[j] == b[i]) ++j;
+    const unsigned char c = static_cast<unsigned char>(b[i]);
+    char byte[8];
+    if (c >= 0x20 && c < 0x7f) {
+      std::snprintf(byte, sizeof byte, "'%c'", c);
+    } else {
+      std::snprintf(byte, sizeof byte, "0x%02x", c);
+    }
+    out += " " + std::to_string(j - i) + " x " + byte;
+    i = j;
+  }
+  return out;
+}
 
 class ClusterFsTest : public ::testing::Test {
  protected:
@@ -234,6 +255,14 @@ TEST_F(ClusterFsTest, ReadersRaceARewritingNode) {
   std::atomic<int> bad{0};
   std::atomic<uint64_t> writes{0}, reads{0}, mmap_reads{0}, listings{0}, dir_changes{0};
   std::set<char> seen;  // versions the buffered reader saw
+  std::mutex failures_mu;
+  std::vector<std::string> failures;  // the first few, to say what went wrong
+  auto fail = [&](const std::string& what) {
+    ++bad;
+    std::lock_guard lock(failures_mu);
+    if (failures.size() < 10) failures.push_back(what);
+  };
+  auto errno_text = [](const char* call) { return std::string(call) + ": " + std::strerror(errno); };
   auto version_ok = [&](const char* b, size_t n) {
     if (n != kSize) return false;
     for (size_t i = 1; i < n; ++i) {
@@ -245,8 +274,12 @@ TEST_F(ClusterFsTest, ReadersRaceARewritingNode) {
     for (uint64_t v = 1; !stop; ++v) {
       const std::string data(kSize, static_cast<char>('A' + v % 26));
       int fd = open(p(2, "v").c_str(), O_WRONLY);
-      if (fd < 0 || pwrite(fd, data.data(), kSize, 0) != static_cast<ssize_t>(kSize)) ++bad;
-      if (fd >= 0) close(fd);
+      if (fd < 0) {
+        fail(errno_text("writer: open"));
+      } else {
+        if (pwrite(fd, data.data(), kSize, 0) != static_cast<ssize_t>(kSize)) fail(errno_text("writer: pwrite"));
+        close(fd);
+      }
       ++writes;
     }
   });
@@ -256,7 +289,7 @@ TEST_F(ClusterFsTest, ReadersRaceARewritingNode) {
       if (i % 16 < 8) {
         spit(name, "x");
       } else if (unlink(name.c_str()) != 0) {
-        ++bad;
+        fail(errno_text("directory writer: unlink"));
       }
       ++dir_changes;
     }
@@ -266,13 +299,15 @@ TEST_F(ClusterFsTest, ReadersRaceARewritingNode) {
     while (!stop) {
       int fd = open(p(1, "v").c_str(), O_RDONLY);
       if (fd < 0) {
-        ++bad;
+        fail(errno_text("reader: open"));
         continue;
       }
       const ssize_t n = pread(fd, buf, sizeof buf, 0);
       close(fd);
-      if (n < 0 || !version_ok(buf, static_cast<size_t>(n))) {
-        ++bad;
+      if (n < 0) {
+        fail(errno_text("reader: pread"));
+      } else if (!version_ok(buf, static_cast<size_t>(n))) {
+        fail("reader: a version the file never had: " + describe(buf, static_cast<size_t>(n)));
       } else {
         seen.insert(buf[0]);
       }
@@ -282,19 +317,19 @@ TEST_F(ClusterFsTest, ReadersRaceARewritingNode) {
   std::thread mapper([&] {
     int fd = open(p(1, "v").c_str(), O_RDONLY);
     if (fd < 0) {
-      ++bad;
+      fail(errno_text("mapper: open"));
       return;
     }
     void* m = mmap(nullptr, kSize, PROT_READ, MAP_SHARED, fd, 0);
     if (m == MAP_FAILED) {
-      ++bad;
+      fail(errno_text("mapper: mmap"));
       close(fd);
       return;
     }
     char copy[kSize];
     while (!stop) {
       std::memcpy(copy, m, kSize);
-      if (!version_ok(copy, kSize)) ++bad;
+      if (!version_ok(copy, kSize)) fail("mapper: a version the file never had: " + describe(copy, kSize));
       ++mmap_reads;
       struct stat st {};
       fstat(fd, &st);  // revalidates: the kernel drops pages of an older version
@@ -305,7 +340,7 @@ TEST_F(ClusterFsTest, ReadersRaceARewritingNode) {
   std::thread lister([&] {
     while (!stop) {
       for (const auto& n : names(p(1, "dir"))) {
-        if (n.size() != 2 || n[0] != 'e' || n[1] < '0' || n[1] > '7') ++bad;
+        if (n.size() != 2 || n[0] != 'e' || n[1] < '0' || n[1] > '7') fail("lister: a name never created: '" + n + "'");
       }
       ++listings;
     }
@@ -319,6 +354,7 @@ TEST_F(ClusterFsTest, ReadersRaceARewritingNode) {
               seconds, static_cast<unsigned long>(writes), static_cast<unsigned long>(reads),
               seen.size(), static_cast<unsigned long>(mmap_reads),
               static_cast<unsigned long>(listings), static_cast<unsigned long>(dir_changes));
+  for (const auto& f : failures) std::printf("  %s\n", f.c_str());
   EXPECT_EQ(bad.load(), 0);
   EXPECT_GT(writes.load(), 10u);
   EXPECT_GT(listings.load(), 10u);
