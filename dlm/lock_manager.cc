@@ -193,6 +193,7 @@ Status LockManager::set_value_block(LockId id, std::span<const uint8_t> bytes) {
 void LockManager::send_request(ClientLock& cl) {
   // Without a membership yet the request waits: the first epoch's report carries it.
   if (members_.empty()) return;
+  ++stats_.requests;
   Message m;
   m.type = MessageType::kRequest;
   m.lock_id = cl.id;

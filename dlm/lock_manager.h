@@ -84,6 +84,7 @@ struct LockManagerStats {
   uint64_t dropped_out_of_order = 0;  // duplicates and gaps, the link retransmits
   uint64_t dropped_stale = 0;  // replies or blocking callbacks for requests no longer pending
   uint64_t heartbeats = 0;     // handed to LockManagerOptions::on_heartbeat
+  uint64_t requests = 0;       // lock, convert and unlock requests this node made as a client
 };
 
 class LockManager {

@@ -13,10 +13,12 @@
 #include <optional>
 
 #include "cluster/cluster_config.h"
+#include "device/counting_device.h"
 #include "device/device.h"
 #include "dlm/cluster_lock_service.h"
 #include "fs/fs.h"
 #include "fs/fuse/fuse_frontend.h"
+#include "tools/stats_file.h"
 
 namespace sharedfs::tools {
 namespace {
@@ -27,6 +29,7 @@ struct ParsedOptions {
   fs::MountOptions mount;
   std::string config;
   std::optional<uint32_t> node;
+  std::string stats_file;  // stats_file=PATH: counters as JSON on SIGUSR1 (tools/stats_file.h)
 };
 
 Result<ParsedOptions> parse_options(const MountArgs& args) {
@@ -54,6 +57,8 @@ Result<ParsedOptions> parse_options(const MountArgs& args) {
           p.fuse.max_threads = static_cast<unsigned>(std::stoul(val));
         } else if (key == "commit") {
           p.mount.commit_interval = std::chrono::milliseconds(std::stoul(val) * 1000);
+        } else if (key == "stats_file") {
+          p.stats_file = std::filesystem::absolute(val).lexically_normal().string();
         } else if (key == "config") {
           p.config = val;  // config=PATH in fstab lines, same as --config
         } else if (key == "node") {
@@ -132,6 +137,8 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
     }
   };
   const uint32_t slot = args.node - 1;
+  // Before any thread starts: SIGUSR1 is for the stats thread alone.
+  if (!p.stats_file.empty()) StatsFile::block_signal();
   std::optional<cluster::ClusterConfig> config;
   if (!p.config.empty()) {
     auto c = cluster::load_cluster_config(p.config);
@@ -170,6 +177,7 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
     report(fmt::format("sharedfs: {}\n", dev.status().to_string()));
     return 1;
   }
+  device::CountingDevice counted(*dev->io);
   fs::MountOptions mo = p.mount;
   mo.slot = slot;
   mo.node_id = args.node;
@@ -199,12 +207,36 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
     if (!st) spdlog::warn("leaving the cluster: {}", st.to_string());
     membership.reset();
   };
-  auto filesystem = fs::FileSystem::mount(*dev->io, mo);
+  auto filesystem = fs::FileSystem::mount(counted, mo);
   if (!filesystem) {
     report(fmt::format("sharedfs: mounting {}: {}\n", args.device,
                        filesystem.status().to_string()));
     leave();
     return 1;
+  }
+  std::optional<StatsFile> stats;
+  if (!p.stats_file.empty()) {
+    fs::FileSystem* f = filesystem->get();
+    std::shared_ptr<dlm::ClusterLockService> locks = membership ? membership->locks : nullptr;
+    stats.emplace(p.stats_file, args.node, [f, locks, &counted] {
+      dlm::LockManagerStats dlm_stats;
+      uint64_t fast_hits = 0;
+      if (locks) {
+        locks->node().call([&](dlm::LockManager& lm, dlm::LockCache&) { dlm_stats = lm.stats(); });
+        fast_hits = locks->fast_path_hits();
+      }
+      const auto io = counted.counts();
+      return fmt::format(
+          "\"dlm\": {{\"sent\": {}, \"received\": {}, \"lock_requests\": {}, "
+          "\"fast_path_hits\": {}}}, "
+          "\"device\": {{\"reads\": {}, \"read_bytes\": {}, \"writes\": {}, "
+          "\"write_bytes\": {}}}, "
+          "\"fs\": {{\"commits\": {}, \"lock_flushes\": {}, \"ag_lock_flushes\": {}}}",
+          dlm_stats.sent, dlm_stats.received, dlm_stats.requests, fast_hits, io.reads,
+          io.read_bytes, io.writes, io.write_bytes, f->stats().commits, f->lock_flushes(),
+          f->ag_lock_flushes());
+    });
+    stats->start();
   }
   fs::fuse::FuseOptions fo = p.fuse;
   fo.cluster = config.has_value();
@@ -229,6 +261,10 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
   if (!st && !mounted) report(fmt::format("sharedfs: {}\n", st.to_string()));
   Status un = (*filesystem)->unmount();
   if (!un) spdlog::error("unmount of {}: {}", args.device, un.to_string());
+  if (stats) {
+    if (auto w = stats->write(); !w) spdlog::warn("stats file: {}", w.to_string());
+    stats.reset();
+  }
   filesystem->reset();  // detaches the flush target: later revocations only release
   leave();
   return st && un ? 0 : 1;
