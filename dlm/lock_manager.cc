@@ -1,8 +1,10 @@
 #include "dlm/lock_manager.h"
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <bit>
 #include <utility>
 
@@ -227,18 +229,24 @@ void LockManager::on_reply(const Message& m) {
         cl.granted = m.mode;
         cl.lvb = m.lvb;
       } else {
-        status =
-            make_status(Code::kBusy, "dlm lock on {} not granted at once", cl.name.to_string());
+        // The errno is what a try (F_SETLK-like) caller hands on.
+        status = Status(Code::kBusy,
+                        fmt::format("dlm lock on {} not granted at once", cl.name.to_string()),
+                        EAGAIN);
         locks_.erase(it);
       }
       break;
     case Op::kConvert:
       if (m.result != ReplyResult::kOk) {
         status = m.result == ReplyResult::kDeadlock
-                     ? make_status(Code::kBusy, "dlm convert on {} cancelled: conversion deadlock",
-                                   cl.name.to_string())
-                     : make_status(Code::kBusy, "dlm convert on {} not granted at once",
-                                   cl.name.to_string());
+                     ? Status(Code::kBusy,
+                              fmt::format("dlm convert on {} cancelled: conversion deadlock",
+                                          cl.name.to_string()),
+                              EDEADLK)
+                     : Status(Code::kBusy,
+                              fmt::format("dlm convert on {} not granted at once",
+                                          cl.name.to_string()),
+                              EAGAIN);
       } else if (cl.target > *cl.granted) {
         SHAREDFS_CHECK(m.mode == cl.target, "dlm granted another mode than asked");
         cl.granted = cl.target;
