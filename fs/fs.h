@@ -185,7 +185,10 @@ class FileSystem {
   Result<std::vector<std::byte>> read(Ino ino, uint64_t offset, size_t size);
   // Reads into `out`; returns the bytes read (short at end of file).
   Result<size_t> read_into(Ino ino, uint64_t offset, std::span<std::byte> out);
-  Result<size_t> write(Ino ino, uint64_t offset, std::span<const std::byte> data);
+  // append: at the end of the file as it is under the inode's lock, whatever `offset` says
+  // (O_APPEND on a cluster mount, where the kernel's idea of the size may be stale).
+  Result<size_t> write(Ino ino, uint64_t offset, std::span<const std::byte> data,
+                       bool append = false);
   // fsync: commits the transactions that changed the inode (and its data: data is written
   // through) and flushes the device.
   Status fsync(Ino ino, bool datasync);
@@ -276,7 +279,7 @@ class FileSystem {
                            std::string_view symlink_target, const Caller& caller);
   Result<Attr> create_node_once(Ino parent, std::string_view name, uint32_t mode, uint32_t rdev,
                                 std::string_view symlink_target, const Caller& caller);
-  Result<size_t> write_once(Ino ino, uint64_t offset, std::span<const std::byte> data);
+  Result<size_t> write_once(Ino ino, uint64_t offset, std::span<const std::byte> data, bool append);
   Status fallocate_once(Ino ino, int mode, uint64_t offset, uint64_t length);
   bool retry_after_commit(const Status& st);
   Status remove_entry(Ino parent, std::string_view name, bool want_dir);

@@ -89,9 +89,10 @@ Result<size_t> FileSystem::read_into(Ino ino, uint64_t offset, std::span<std::by
   return total;
 }
 
-Result<size_t> FileSystem::write(Ino ino, uint64_t offset, std::span<const std::byte> data) {
-  auto r = write_once(ino, offset, data);
-  if (!r && retry_after_commit(r.status())) r = write_once(ino, offset, data);
+Result<size_t> FileSystem::write(Ino ino, uint64_t offset, std::span<const std::byte> data,
+                                 bool append) {
+  auto r = write_once(ino, offset, data, append);
+  if (!r && retry_after_commit(r.status())) r = write_once(ino, offset, data, append);
   return r;
 }
 
@@ -102,11 +103,9 @@ bool FileSystem::retry_after_commit(const Status& st) {
   return tm_->commit().is_ok();
 }
 
-Result<size_t> FileSystem::write_once(Ino ino, uint64_t offset, std::span<const std::byte> data) {
+Result<size_t> FileSystem::write_once(Ino ino, uint64_t offset, std::span<const std::byte> data,
+                                      bool append) {
   if (data.empty()) return size_t{0};
-  if (offset + data.size() < offset || offset + data.size() > (uint64_t{1} << 52)) {
-    return posix_error(EFBIG, "write past the largest file size");
-  }
   size_t done = 0;
   Status failed;
   {
@@ -114,6 +113,10 @@ Result<size_t> FileSystem::write_once(Ino ino, uint64_t offset, std::span<const 
     ASSIGN_OR_RETURN(auto ref, load(ino));
     if (!ref.is_reg()) return posix_error(ref.is_dir() ? EISDIR : EINVAL, "write of a non-file");
     Inode& n = ref.inode;
+    if (append) offset = n.size;
+    if (offset + data.size() < offset || offset + data.size() > (uint64_t{1} << 52)) {
+      return posix_error(EFBIG, "write past the largest file size");
+    }
     // Mapping unwritten blocks as written may empty (and free) extent-tree nodes.
     ASSIGN_OR_RETURN(auto frees, ags_to_free(ref, UINT64_MAX, /*tree_nodes=*/true));
     ASSIGN_OR_RETURN(auto change, begin_change(data.size() / bs_ + kMetadataBlocks, frees));

@@ -240,6 +240,14 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
   }
   fs::fuse::FuseOptions fo = p.fuse;
   fo.cluster = config.has_value();
+  // flock and fcntl locks conflict across the cluster's nodes.
+  std::unique_ptr<dlm::NodeLockGate> lock_gate;
+  std::unique_ptr<dlm::AdvisoryLocks> advisory_locks;
+  if (membership) {
+    lock_gate = dlm::make_dlm_lock_gate(membership->locks->node());
+    advisory_locks = std::make_unique<dlm::AdvisoryLocks>(*lock_gate);
+    fo.advisory_locks = advisory_locks.get();
+  }
   fo.mountpoint = args.mountpoint;
   fo.fsname = "sharedfs:" + args.device;
   fo.debug = args.debug;
@@ -259,6 +267,8 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
     }
   });
   if (!st && !mounted) report(fmt::format("sharedfs: {}\n", st.to_string()));
+  advisory_locks.reset();  // the session is over: nobody holds or waits for one
+  lock_gate.reset();
   Status un = (*filesystem)->unmount();
   if (!un) spdlog::error("unmount of {}: {}", args.device, un.to_string());
   if (stats) {

@@ -5,7 +5,10 @@
 #include <fuse3/fuse_lowlevel.h>
 #include <spdlog/spdlog.h>
 
+#include <sys/file.h>
+
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <csignal>
 #include <cstdlib>
@@ -29,6 +32,12 @@ struct Context {
   std::once_flag read_ahead_set;
   // The kernel opens files without asking us (FUSE_CAP_NO_OPEN_SUPPORT): set at INIT.
   bool zero_message_open = false;
+  // SETLKW and blocking flock wait on threads of their own (a FUSE worker that waited could
+  // leave none to serve the unlock it waits for); the session ends only after they do.
+  std::mutex waiters_mu;
+  std::condition_variable waiters_cv;
+  int waiters = 0;
+  std::atomic<bool> closing{false};
 };
 
 Context& ctx_of(fuse_req_t req) { return *static_cast<Context*>(fuse_req_userdata(req)); }
@@ -152,7 +161,16 @@ void op_init(void* userdata, fuse_conn_info* conn) {
   // first OPEN answers ENOSYS and the kernel stops sending OPEN and RELEASE — two fewer
   // messages per file, which is most of what reading many small files costs. O_TRUNC then
   // comes as a SETATTR before the open instead of with it (no ATOMIC_O_TRUNC).
-  c->zero_message_open = (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) != 0;
+  // Advisory locks need FLUSH and RELEASE to drop a closed file's locks, so they need OPEN.
+  c->zero_message_open =
+      (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) != 0 && c->opts.advisory_locks == nullptr;
+  if (c->opts.advisory_locks == nullptr) {
+    // The kernel keeps flock and fcntl locks itself: right for one host.
+    conn->want &= ~(FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS);
+  } else {
+    want(FUSE_CAP_POSIX_LOCKS);
+    want(FUSE_CAP_FLOCK_LOCKS);
+  }
   if (c->zero_message_open) {
     conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
   } else {
@@ -254,6 +272,13 @@ void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* n
   reply_entry(req, fs_of(req).link(to_fs(req, ino), to_fs(req, newparent), newname));
 }
 
+// Cluster: O_APPEND writes go to the end of the file as the daemon knows it under the
+// inode's lock, not where this kernel's possibly stale size says; and past the page cache,
+// which would otherwise hold them at that stale offset.
+void set_append_mode(fuse_req_t req, fuse_file_info* fi) {
+  if (ctx_of(req).opts.cluster && (fi->flags & O_APPEND)) fi->direct_io = 1;
+}
+
 void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (fi->flags & O_TRUNC) {
     SetAttr c;
@@ -268,6 +293,7 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   // Nobody else changes the file behind this node's back while it holds its locks: the
   // page cache stays valid across opens.
   fi->keep_cache = 1;
+  set_append_mode(req, fi);
   fuse_reply_open(req, fi);
 }
 
@@ -277,6 +303,7 @@ void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
                             caller_of(req));
   if (!a) return reply_status(req, a.status());
   fi->keep_cache = 1;
+  set_append_mode(req, fi);
   fuse_entry_param e = entry_of(req, *a);
   if (fuse_reply_create(req, &e, fi) != 0) fs_of(req).forget(a->ino, 1);
 }
@@ -292,9 +319,10 @@ void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_i
 }
 
 void op_write(fuse_req_t req, fuse_ino_t ino, const char* data, size_t size, off_t off,
-              fuse_file_info*) {
+              fuse_file_info* fi) {
+  const bool append = ctx_of(req).opts.cluster && (fi->flags & O_APPEND);
   auto n = fs_of(req).write(to_fs(req, ino), static_cast<uint64_t>(off),
-                            std::as_bytes(std::span<const char>(data, size)));
+                            std::as_bytes(std::span<const char>(data, size)), append);
   if (!n) return reply_status(req, n.status());
   fuse_reply_write(req, *n);
 }
@@ -421,6 +449,103 @@ void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t 
                                          static_cast<uint64_t>(length)));
 }
 
+// --- advisory locks (cluster mounts) -------------------------------------------------------
+
+dlm::AdvisoryLocks& locks_of(fuse_req_t req) { return *ctx_of(req).opts.advisory_locks; }
+
+// Runs `wait` (which replies) on a thread of its own, counted so serve() can wait for it.
+void wait_aside(fuse_req_t req, std::function<void()> wait) {
+  Context& c = ctx_of(req);
+  {
+    std::lock_guard l(c.waiters_mu);
+    ++c.waiters;
+  }
+  std::thread([&c, wait = std::move(wait)] {
+    wait();
+    std::lock_guard l(c.waiters_mu);
+    --c.waiters;
+    c.waiters_cv.notify_all();
+  }).detach();
+}
+
+std::function<bool()> interrupted_of(fuse_req_t req) {
+  Context* c = &ctx_of(req);
+  return [req, c] { return c->closing.load() || fuse_req_interrupted(req) != 0; };
+}
+
+dlm::RecordLock record_of(const fuse_file_info* fi, const struct flock* lock) {
+  dlm::RecordLock r;
+  r.write = lock->l_type == F_WRLCK;
+  r.start = static_cast<uint64_t>(lock->l_start);
+  r.end = lock->l_len == 0 ? UINT64_MAX : static_cast<uint64_t>(lock->l_start + lock->l_len - 1);
+  r.owner = fi->lock_owner;
+  r.pid = static_cast<uint32_t>(lock->l_pid);
+  return r;
+}
+
+void op_getlk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock) {
+  auto c = locks_of(req).test(to_fs(req, ino), record_of(fi, lock));
+  if (!c) return reply_status(req, c.status());
+  struct flock out = *lock;
+  if (!c->has_value()) {
+    out.l_type = F_UNLCK;
+  } else {
+    const dlm::RecordLock& h = **c;
+    out.l_type = h.write ? F_WRLCK : F_RDLCK;
+    out.l_start = static_cast<off_t>(h.start);
+    out.l_len = h.end == UINT64_MAX ? 0 : static_cast<off_t>(h.end - h.start + 1);
+    out.l_pid = static_cast<pid_t>(h.pid);
+  }
+  fuse_reply_lock(req, &out);
+}
+
+void op_setlk(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, struct flock* lock, int sleep) {
+  const Ino i = to_fs(req, ino);
+  const dlm::RecordLock r = record_of(fi, lock);
+  if (lock->l_type == F_UNLCK) {
+    locks_of(req).unlock(i, r.owner, r.start, r.end);
+    fuse_reply_err(req, 0);
+    return;
+  }
+  if (!sleep) return reply_status(req, locks_of(req).set(i, r, false, {}));
+  wait_aside(req, [req, i, r, interrupted = interrupted_of(req), &locks = locks_of(req)] {
+    reply_status(req, locks.set(i, r, true, interrupted));
+  });
+}
+
+void op_flock(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, int op) {
+  const Ino i = to_fs(req, ino);
+  const uint64_t owner = fi->lock_owner;
+  if (op & LOCK_UN) {
+    locks_of(req).flock_unlock(i, owner);
+    fuse_reply_err(req, 0);
+    return;
+  }
+  const bool exclusive = (op & LOCK_EX) != 0;
+  if (op & LOCK_NB) return reply_status(req, locks_of(req).flock(i, owner, exclusive, false, {}));
+  wait_aside(req, [req, i, owner, exclusive, interrupted = interrupted_of(req), &locks = locks_of(req)] {
+    reply_status(req, locks.flock(i, owner, exclusive, true, interrupted));
+  });
+}
+
+// close(2) of a file descriptor: its process's fcntl locks on the file go.
+void op_flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (ctx_of(req).opts.advisory_locks == nullptr) {
+    fuse_reply_err(req, ENOSYS);  // nothing to do at close: the kernel sends no more FLUSHes
+    return;
+  }
+  locks_of(req).unlock(to_fs(req, ino), fi->lock_owner, 0, UINT64_MAX);
+  fuse_reply_err(req, 0);
+}
+
+// The last close of an open file: its flock goes.
+void op_release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (ctx_of(req).opts.advisory_locks != nullptr && fi->flock_release) {
+    locks_of(req).flock_unlock(to_fs(req, ino), fi->lock_owner);
+  }
+  fuse_reply_err(req, 0);
+}
+
 void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info*) {
   auto r = fs_of(req).lseek(to_fs(req, ino), static_cast<uint64_t>(off), whence);
   if (!r) return reply_status(req, r.status());
@@ -447,8 +572,13 @@ fuse_lowlevel_ops make_ops() {
   ops.create = op_create;
   ops.read = op_read;
   ops.write = op_write;
-  // No flush: data is written through, so close has nothing to wait for; the first FLUSH
-  // answers ENOSYS and the kernel sends no more. No release: opens hold nothing here.
+  // FLUSH and RELEASE only drop advisory locks (data is written through). Without a cluster
+  // the kernel sends neither: OPEN answers ENOSYS (see op_init).
+  ops.flush = op_flush;
+  ops.release = op_release;
+  ops.getlk = op_getlk;
+  ops.setlk = op_setlk;
+  ops.flock = op_flock;
   ops.fsync = op_fsync;
   ops.opendir = op_opendir;
   ops.readdir = op_readdir;
@@ -570,6 +700,12 @@ Status serve(FileSystem& fs, const FuseOptions& opts, const std::function<void()
       fuse_loop_cfg_set_idle_threads(cfg, opts.max_threads);
       const int rc = fuse_session_loop_mt(se, cfg);
       fuse_loop_cfg_destroy(cfg);
+      {
+        // Lock waiters see `closing` within one poll and reply EINTR.
+        context.closing = true;
+        std::unique_lock l(context.waiters_mu);
+        context.waiters_cv.wait(l, [&] { return context.waiters == 0; });
+      }
       fs.set_entry_invalidator(nullptr);
       if (rc != 0 && rc != SIGINT && rc != SIGTERM && rc != SIGHUP) {
         result = make_status(Code::kInternal, "FUSE loop ended with {}", rc);

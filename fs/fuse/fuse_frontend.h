@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "dlm/advisory_locks.h"
 #include "fs/fs.h"
 
 namespace sharedfs::fs::fuse {
@@ -38,6 +39,10 @@ struct FuseOptions {
   // given up to another node needs no kernel invalidation, which could deadlock with the
   // requests waiting for that lock.
   bool cluster = false;
+  // Cluster mounts: flock and fcntl locks through these (dlm/advisory_locks.h), so they
+  // conflict across nodes; OPEN, FLUSH and RELEASE are then answered (a lock is dropped
+  // when its file is closed). Null: the kernel keeps advisory locks to this host.
+  dlm::AdvisoryLocks* advisory_locks = nullptr;
 };
 
 // Mounts `fs` at opts.mountpoint. `on_mounted` runs once the kernel mount exists (a
