@@ -93,6 +93,7 @@ LARGE_BYTES=$((DATA_MIB * 1024 * 1024 / 2 / NLARGE))
 SMALL_MIN=$((16 * 1024))
 SMALL_MAX=$((256 * 1024))
 NSMALL=$(((DATA_MIB * 1024 * 1024 - NLARGE * LARGE_BYTES) / ((SMALL_MIN + SMALL_MAX) / 2)))
+LARGE_H="$(awk -v b="$LARGE_BYTES" 'BEGIN { x = b / 1048576; if (x == int(x)) printf "%d MiB", x; else printf "%.1f MiB", x }')"
 
 # ---------------------------------------------------------------- prerequisites
 
@@ -201,7 +202,7 @@ cleanup() {
       # logs matter when one of them misbehaved.
       case "${f##*/}" in
         probe.log) [ "$STATS_OK" -eq 1 ] || continue ;;
-        node*.log) [ "$DAEMON_TROUBLE" -eq 1 ] || [ "$rc" -ne 0 ] || continue ;;
+        node*.log) [ "$DAEMON_TROUBLE" -eq 1 ] || { [ "$rc" -ne 0 ] && [ "$FAILED" -eq 0 ]; } || continue ;;
       esac
       echo "---- last lines of ${f##*/}" >&2
       tail -n 15 "$f" >&2
@@ -458,6 +459,27 @@ record_stats() {
   LOCKREQ[$row]="${LOCKREQ[$row]:-} $lr"
   DEVREADS[$row]="${DEVREADS[$row]:-} $reads"
   DEVMB[$row]="${DEVMB[$row]:-} $(awk -v b="$rbytes" 'BEGIN { if (b == "n/a") print "n/a"; else printf "%.1f", b / 1e6 }')"
+  STATS_LINE=""
+  [ "$sent" = n/a ] || STATS_LINE="; $sent DLM messages, $lr lock requests, $reads device reads ($(awk -v b="$rbytes" 'BEGIN { printf "%.1f", b / 1e6 }') MB)"
+}
+STATS_LINE=""
+
+# measure_idle: once, the counters of the cluster just started over 2 s in which nothing
+# happens (after 1 s to settle): what the lock and device columns hold without any work.
+IDLE_LINE=""
+measure_idle() {
+  [ "$STATS_OK" -eq 1 ] && [ -z "$IDLE_LINE" ] || return 0
+  local before after sent lr reads rbytes
+  sleep 1
+  next_tag; before="$TAG"
+  snap "$before"
+  sleep 2
+  next_tag; after="$TAG"
+  snap "$after"
+  read -r sent lr reads rbytes <<<"$(python3 "$WORK/tools/stats.py" delta "$WORK/stats/$before" "$WORK/stats/$after" "${NODES[@]}")"
+  [ "$sent" = n/a ] && return 0
+  IDLE_LINE="$sent DLM messages, $lr lock requests, $reads device reads ($(awk -v b="$rbytes" 'BEGIN { printf "%.1f", b / 1e6 }') MB)"
+  log "idle cluster, 2 s: $IDLE_LINE"
 }
 failed_row() {
   record "$1" fail
@@ -465,17 +487,24 @@ failed_row() {
   warn "$1: $2"
 }
 
-# helper ARGS...: run create_files in the background (so that a signal reaches the script
-# at once) and wait for it; HOUT gets its stdout.
+# helper LIMIT ARGS...: run create_files in the background (so that a signal reaches the
+# script at once) and wait for it, LIMIT seconds at most (then it is stopped: a stall,
+# reported, and the daemons' logs shown at the end); HOUT gets its stdout.
 HOUT=""
 helper() {
-  local rc
-  "$TOOL" "$@" >"$WORK/helper.out" 2>>"$WORK/logs/create_files.log" &
+  local limit="$1" rc
+  shift
+  timeout --signal=TERM "$limit" "$TOOL" "$@" >"$WORK/helper.out" 2>>"$WORK/logs/create_files.log" &
   HELPER_PID=$!
   wait "$HELPER_PID"
   rc=$?
   HELPER_PID=""
   HOUT="$(cat "$WORK/helper.out")"
+  if [ "$rc" -eq 124 ]; then
+    warn "create_files $1 made no end within $limit s: stopped (a hang in sharedfs?)"
+    echo "create_files $*: stopped after $limit s" >>"$WORK/logs/create_files.log"
+    DAEMON_TROUBLE=1
+  fi
   return "$rc"
 }
 per_sec() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.1f", (s > 0 ? n / s : 0) }'; }
@@ -492,6 +521,7 @@ run_create() {
       for k in 1 2 3; do failed_row "create$k" "cannot start the cluster (run $r)"; done
       continue
     fi
+    measure_idle
     for k in 1 2 3; do
       dirs=()
       for ((n = 1; n <= k; n++)); do
@@ -501,13 +531,13 @@ run_create() {
       sync
       next_tag; before="$TAG"
       snap "$before"
-      if helper create "$FILES" "${dirs[@]}"; then
+      if helper $((60 + k * FILES / 20)) create "$FILES" "${dirs[@]}"; then
         next_tag; after="$TAG"
         snap "$after"
         read -r files secs <<<"$HOUT"
         record "create$k" "$(per_sec "$files" "$secs")"
         record_stats "create$k" "$before" "$after" "$files"
-        log "create, $k node(s), run $r/$RUNS: $(per_sec "$files" "$secs") files/s"
+        log "create, $k node(s), run $r/$RUNS: $(per_sec "$files" "$secs") files/s$STATS_LINE"
       else
         failed_row "create$k" "run $r failed (log: $WORK/logs/create_files.log)"
       fi
@@ -517,42 +547,38 @@ run_create() {
 }
 
 # Workload 2: the dataset written through node 1 (untimed), then every node reads every
-# file, all nodes at once: epoch 1 from a cold start (every node unmounted and mounted
-# again, drop_caches), epoch 2 at once after it.
+# file, all nodes at once: epoch 1 after sync and drop_caches (the kernels' page caches
+# empty, so the data comes from the device; the daemons stay mounted), epoch 2 at once
+# after it. Every run starts with drop_caches again.
 run_read() {
-  local r e files bytes secs before after
+  local r e files bytes secs before after n dirs=()
   if ! { new_cluster read && start_nodes; }; then
     failed_row read1 "cannot start the cluster"
     failed_row read2 "cannot start the cluster"
     return
   fi
-  log "writing the dataset through node 1 (untimed): $NLARGE x $((LARGE_BYTES / 1048576)) MiB + $NSMALL files of 16-256 KiB"
-  { mkdir "${MNT[1]}/data" && helper mkdata "${MNT[1]}/data" "$NLARGE" "$LARGE_BYTES" "$NSMALL" "$SMALL_MIN" "$SMALL_MAX"; } || {
+  measure_idle
+  log "writing the dataset through node 1 (untimed): $NLARGE x $LARGE_H + $NSMALL files of 16-256 KiB"
+  { mkdir "${MNT[1]}/data" && helper $((60 + DATA_MIB / 5)) mkdata "${MNT[1]}/data" "$NLARGE" "$LARGE_BYTES" "$NSMALL" "$SMALL_MIN" "$SMALL_MAX"; } || {
     failed_row read1 "writing the dataset failed"
     failed_row read2 "writing the dataset failed"
     stop_nodes || FAILED=1
     return
   }
+  for n in "${NODES[@]}"; do dirs+=("${MNT[$n]}/data"); done
   for ((r = 1; r <= RUNS; r++)); do
-    # Cold: the daemons forget their caches and locks, the kernel its page cache.
-    if ! { stop_nodes && drop_caches && start_nodes; }; then
-      failed_row read1 "cannot restart the cluster (run $r)"
-      failed_row read2 "cannot restart the cluster (run $r)"
-      FAILED=1
-      continue
-    fi
+    drop_caches
+    sleep 1  # the kernels' FORGETs reach the daemons, which let go of their open locks
     next_tag; before="$TAG"
     snap "$before"
     for e in 1 2; do
-      local dirs=() n
-      for n in "${NODES[@]}"; do dirs+=("${MNT[$n]}/data"); done
-      if helper read "$NLARGE" "$LARGE_BYTES" "$NSMALL" "$SMALL_MIN" "$SMALL_MAX" "${dirs[@]}"; then
+      if helper $((60 + 3 * DATA_MIB / 5)) read "$NLARGE" "$LARGE_BYTES" "$NSMALL" "$SMALL_MIN" "$SMALL_MAX" "${dirs[@]}"; then
         next_tag; after="$TAG"
         snap "$after"
         read -r files bytes secs <<<"$HOUT"
         record "read$e" "$(awk -v b="$bytes" -v s="$secs" 'BEGIN { printf "%.1f", b / 1e6 / s }')"
         record_stats "read$e" "$before" "$after" "$files"
-        log "read epoch $e, run $r/$RUNS: $(awk -v b="$bytes" -v s="$secs" 'BEGIN { printf "%.1f", b / 1e6 / s }') MB/s ($files files, $bytes bytes by ${#NODES[@]} nodes)"
+        log "read epoch $e, run $r/$RUNS: $(awk -v b="$bytes" -v s="$secs" 'BEGIN { printf "%.1f", b / 1e6 / s }') MB/s ($files files, $bytes bytes by ${#NODES[@]} nodes)$STATS_LINE"
         before="$after"
       else
         failed_row "read$e" "epoch $e of run $r failed (log: $WORK/logs/create_files.log)"
@@ -571,6 +597,7 @@ run_append() {
     for row in ppref pp2; do failed_row "$row" "cannot start the cluster"; done
     return
   fi
+  measure_idle
   for ((r = 1; r <= RUNS; r++)); do
     for row in ppref pp2; do
       f="$row.run$r"
@@ -578,7 +605,7 @@ run_append() {
       if [ "$row" = ppref ]; then b="${MNT[1]}/$f"; else b="${MNT[2]}/$f"; fi
       next_tag; before="$TAG"
       snap "$before"
-      helper pingpong "$APPENDS" "${MNT[1]}/$f" "$b"
+      helper $((60 + APPENDS / 10)) pingpong "$APPENDS" "${MNT[1]}/$f" "$b"
       rc=$?
       if [ "$rc" -eq 0 ] || [ "$rc" -eq 3 ]; then
         next_tag; after="$TAG"
@@ -588,7 +615,7 @@ run_append() {
         record "$row.p50" "$p50"
         record "$row.p99" "$p99"
         record_stats "$row" "$before" "$after" "$ops"
-        log "appends $row, run $r/$RUNS: $(per_sec "$ops" "$secs") appends/s, p50 $p50 us, p99 $p99 us"
+        log "appends $row, run $r/$RUNS: $(per_sec "$ops" "$secs") appends/s, p50 $p50 us, p99 $p99 us$STATS_LINE"
         if [ "$rc" -eq 3 ]; then
           NOTE[$row]=1
           FAILED=1
@@ -661,6 +688,14 @@ fmt_small() {  # messages per operation: 0, or two significant decimals at least
          else if (x < 10) printf "%.2f", x; else printf "%.1f", x }' ;;
   esac
 }
+fmt_int() {  # counts: thousands separated; a median between two counts keeps its .5
+  case "$1" in
+    fail | n/a | —) echo "$1" ;;
+    *) awk -v x="$1" 'BEGIN { if (x != int(x) && x < 1000) { printf "%.1f", x; exit }
+         s = sprintf("%.0f", x); o = ""; while (length(s) > 3) { o = "," substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3) }
+         print s o }' ;;
+  esac
+}
 ratio() {
   case "$1$2" in
     *fail* | *n/a* | *—*) echo "—" ;;
@@ -668,15 +703,15 @@ ratio() {
   esac
 }
 commas() { fmt "$1"; }
+fmt_mb() { awk -v x="$1" 'BEGIN { if (x < 10) printf "%.1f", x; else printf "%.0f", x }'; }
 
 DATA_H="$([ $((DATA_MIB % 1024)) -eq 0 ] && echo "$((DATA_MIB / 1024)) GiB" || echo "$DATA_MIB MiB")"
-LARGE_H="$(awk -v b="$LARGE_BYTES" 'BEGIN { x = b / 1048576; if (x == int(x)) printf "%d MiB", x; else printf "%.1f MiB", x }')"
 DATASET="$DATA_H dataset ($NLARGE × $LARGE_H + $(commas "$NSMALL") files of 16–256 KiB)"
 declare -A LABEL=(
   [create1]="create $(commas "$FILES") empty files, 1 node (reference)"
   [create2]="create $(commas "$FILES") empty files per node, 2 nodes at once, own directories (target ≥ 1.6×)"
   [create3]="create $(commas "$FILES") empty files per node, 3 nodes at once, own directories"
-  [read1]="3 nodes each read the whole $DATASET, epoch 1, cold"
+  [read1]="3 nodes each read the whole $DATASET, epoch 1, after drop_caches"
   [read2]="the same again, epoch 2 (target: no device reads, no lock requests)"
   [ppref]="$(commas "$APPENDS") appends of 4 KiB, two descriptors on node 1 in turn (reference)"
   [pp2]="$(commas "$APPENDS") appends of 4 KiB, node 1 and node 2 in turn (lock ping-pong)"
@@ -698,6 +733,7 @@ echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -n), kernel $(uname -r), $(nproc
   "(one daemon each, DLM on 127.0.0.1, heartbeats 200 ms / 2 s) over one ${SIZE_GIB} GiB sparse image on /var/tmp" \
   "($(findmnt -rn -o FSTYPE --target /var/tmp)); binaries: $BIN_DIR ($(date -u -r "$BIN_DIR/sharedfs" '+%Y-%m-%d %H:%M UTC'));" \
   "lock and device columns: $([ "$STATS_OK" -eq 1 ] && echo "daemon counters (-o stats_file), summed over the nodes" || echo "n/a, $STATS_NOTE");" \
+  "${IDLE_LINE:+the idle cluster (3 nodes, 2 s, nothing running): $IDLE_LINE;}" \
   "median of $RUNS run(s)$([ "$QUICK" -eq 1 ] && echo ", --quick"); $((T_END - T_START)) s."
 echo
 echo "| workload | unit | sharedfs | reference | ratio | DLM messages / op | lock requests | device reads |"
@@ -710,10 +746,10 @@ for row in "${ROWS[@]}"; do
     *.p50 | *.p99) msgs="—" lr="—" reads="—" ;;
     *)
       msgs="$(fmt_small "$(med SENT "$row")")"
-      lr="$(fmt "$(med LOCKREQ "$row")")"
-      reads="$(fmt "$(med DEVREADS "$row")")"
+      lr="$(fmt_int "$(med LOCKREQ "$row")")"
+      reads="$(fmt_int "$(med DEVREADS "$row")")"
       mb="$(med DEVMB "$row")"
-      case "$reads" in fail | n/a | 0) ;; *) reads="$reads ($(fmt "$mb") MB)" ;; esac
+      case "$reads" in fail | n/a | 0) ;; *) reads="$reads ($(fmt_mb "$mb") MB)" ;; esac
       ;;
   esac
   mark=""

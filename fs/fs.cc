@@ -237,7 +237,11 @@ void FileSystem::background_loop() {
         spdlog::error("heartbeat: {}", st.to_string());
       }
       if (opts_.open_locks || opts_.ag_locks) retry_orphans();
-      if (opts_.ag_locks) refresh_foreign_ag_counts();
+      // Only while someone watches statfs: an idle or read-only node reads nothing.
+      if (opts_.ag_locks && now - std::chrono::steady_clock::time_point(std::chrono::steady_clock::duration(
+                                      last_statfs_.load())) < kStatfsInterest) {
+        refresh_foreign_ag_counts();
+      }
       next_beat = now + opts_.heartbeat_interval;
     }
     lock.lock();
@@ -435,17 +439,18 @@ void FileSystem::note_dir_alias(Ino dir, Ino parent, std::string_view name) {
 // which a request of ours may hold while it waits for a lock this flush is giving up: so
 // wait only briefly, and let the invalidation finish on its own after that.
 void FileSystem::invalidate_dir_alias(Ino dir) {
-  EntryInvalidator invalidate;
-  std::pair<Ino, std::string> alias;
+  std::shared_future<void> done;
   {
+    // Posted under the mutex (posting never waits), so that once set_entry_invalidator()
+    // has cleared it no post can reach a frontend that is going away.
     std::lock_guard lock(lookups_mu_);
     auto it = dir_alias_.find(dir);
     if (it == dir_alias_.end() || !invalidate_entry_) return;
-    alias = std::move(it->second);
+    std::pair<Ino, std::string> alias = std::move(it->second);
     dir_alias_.erase(it);
-    invalidate = invalidate_entry_;
+    done = invalidate_entry_(alias.first, alias.second);
   }
-  auto done = invalidate(alias.first, alias.second);
+  // A job dropped unrun when the frontend stopped leaves a broken promise: ready too.
   if (done.valid()) (void)done.wait_for(std::chrono::milliseconds(100));
 }
 
@@ -839,6 +844,7 @@ Status FileSystem::free_orphans_at_mount() {
 // statfs and counters
 
 struct statvfs FileSystem::statfs() const {
+  last_statfs_ = std::chrono::steady_clock::now().time_since_epoch().count();
   const auto u = alloc_->usage();
   struct statvfs s {};
   s.f_bsize = bs_;

@@ -225,7 +225,8 @@ class FileSystem {
   uint64_t ag_lock_flushes() const { return ag_lock_flushes_.load(); }
 
   // The frontend's way to make the kernel drop its dentry `name` in `parent`; the future
-  // is ready once the kernel did. Set while the FUSE session runs (null: none).
+  // is ready once the kernel did. Set while the FUSE session runs (null: none). It must
+  // not block: it is called under an internal mutex.
   using EntryInvalidator = std::function<std::shared_future<void>(Ino parent, const std::string& name)>;
   void set_entry_invalidator(EntryInvalidator invalidate);
 
@@ -271,7 +272,8 @@ class FileSystem {
   // no data. Empty without ag_locks.
   Result<std::set<uint32_t>> ags_to_free(InodeRef& ref, uint64_t first, bool tree_nodes = true);
   // ag_locks: the AGs this node holds (took since it last gave them up), whose in-memory
-  // counts are its own; the others' are refreshed from their headers in the background.
+  // counts are its own; the others' are refreshed from their headers in the background,
+  // each heartbeat for a minute after statfs was asked (one read per AG).
   void note_ag_held(uint32_t ag, bool held);
   void refresh_foreign_ag_counts();
   Attr make_attr(Ino ino, const format::Inode& inode) const;
@@ -341,6 +343,10 @@ class FileSystem {
   std::atomic<uint64_t> next_generation_;
   std::atomic<uint64_t> lock_flushes_{0};
   std::atomic<uint64_t> ag_lock_flushes_{0};
+  // When statfs was last asked (steady_clock ticks): the other nodes' AG counts are
+  // refreshed each heartbeat for this long after it (refresh_foreign_ag_counts).
+  static constexpr std::chrono::seconds kStatfsInterest{60};
+  mutable std::atomic<int64_t> last_statfs_{INT64_MIN / 2};
   std::mutex ags_held_mu_;
   std::vector<bool> ags_held_;  // GUARDED_BY(ags_held_mu_); ag_locks only
   // Serialises flush_for_lock with closing the journal at unmount.
