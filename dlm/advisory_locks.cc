@@ -77,11 +77,18 @@ class DlmGate final : public NodeLockGate {
 
   void lower(Kind kind, uint64_t ino, LockMode mode) override {
     const ResourceName r = name_of(kind, ino);
-    std::lock_guard l(mu_);
+    std::unique_lock l(mu_);
     auto it = entries_.find(r);
     if (it == entries_.end()) return;
     it->second.wanted = mode;
-    if (!it->second.busy) settle(r, it->second);
+    if (it->second.busy) return;  // the request in flight lowers when it completes
+    settle(r, it->second);
+    // Wait for the master's answer (one round trip, never another node): once close()
+    // returns, another node's F_SETLK must find the lock gone.
+    cv_.wait(l, [&] {
+      auto e = entries_.find(r);
+      return e == entries_.end() || !e->second.busy;
+    });
   }
 
  private:

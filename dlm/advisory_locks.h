@@ -51,7 +51,8 @@ class NodeLockGate {
   // `interrupted` said yes during the wait.
   virtual Status raise(Kind kind, uint64_t ino, LockMode mode, bool wait,
                        const std::function<bool()>& interrupted) = 0;
-  // Lowers it to `mode` (NL: gives it up). Never waits for another node.
+  // Lowers it to `mode` (NL: gives it up): done when it returns, unless a raise is in
+  // flight (that one lowers when it completes). Never waits for another node.
   virtual void lower(Kind kind, uint64_t ino, LockMode mode) = 0;
 };
 

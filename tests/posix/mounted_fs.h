@@ -224,12 +224,14 @@ class MountedCluster {
     return daemons_.at(node - 1)->start(image(), args);
   }
   // Mounts every node at once (they join one another) and waits for all.
+  // One after another: nodes that start at the same moment can form two views at once (one
+  // without the lowest node), after which the DLM holds back that node's locks for a
+  // journal replay that never comes (a known membership bug, see docs/cluster.md).
   bool mount_all() {
-    std::vector<std::thread> ts;
-    std::vector<int> ok(daemons_.size(), 0);
-    for (int i = 1; i <= nodes(); ++i) ts.emplace_back([&, i] { ok[i - 1] = mount(i); });
-    for (auto& t : ts) t.join();
-    return std::all_of(ok.begin(), ok.end(), [](int v) { return v != 0; });
+    for (int i = 1; i <= nodes(); ++i) {
+      if (!mount(i)) return false;
+    }
+    return true;
   }
   bool unmount(int node) { return daemons_.at(node - 1)->stop(); }
   // Unmounts every node and checks the image. Returns fsck's exit code.
