@@ -29,6 +29,15 @@ bool MembershipAgent::is_alive(const Peer& p, uint64_t now) const {
   return !p.leaving && now - p.last_heard < opts_.dead_after_ms;
 }
 
+std::vector<Member> MembershipAgent::presumed_alive(uint64_t now) const {
+  std::vector<Member> out;
+  if (!joined_ || now - view_since_ >= opts_.dead_after_ms) return out;
+  for (const Member& m : view_.membership.members) {
+    if (m.id != opts_.self.id && !peers_.contains(m.id)) out.push_back(m);
+  }
+  return out;
+}
+
 void MembershipAgent::start(uint64_t now) {
   started_ = now;
   running_ = true;
@@ -96,7 +105,7 @@ void MembershipAgent::on_heartbeat(const Message& m, uint64_t now) {
   const bool includes_me = std::find(members.begin(), members.end(), opts_.self) != members.end();
   if (m.epoch > view_.membership.epoch && m.epoch > 0) {
     if (includes_me) {
-      install(p.view);
+      install(p.view, now);
     } else if (joined_ && !leaving_ && m.from.id < opts_.self.id &&
                std::any_of(members.begin(), members.end(),
                            [&](const Member& x) { return x.id == m.from.id; })) {
@@ -151,6 +160,9 @@ bool MembershipAgent::coordinator(uint64_t now) const {
   for (const auto& [id, p] : peers_) {
     if (id < opts_.self.id && is_alive(p, now)) return false;
   }
+  for (const Member& m : presumed_alive(now)) {
+    if (m.id < opts_.self.id) return false;
+  }
   return true;
 }
 
@@ -164,6 +176,7 @@ void MembershipAgent::maybe_coordinate(uint64_t now) {
       ++heard_alive;
     }
   }
+  for (const Member& m : presumed_alive(now)) alive.push_back(m);
   std::sort(alive.begin(), alive.end());
   if (!joined_ && heard_alive + 1 < opts_.configured.size() &&
       now - started_ < opts_.join_wait_ms) {
@@ -196,13 +209,14 @@ void MembershipAgent::maybe_coordinate(uint64_t now) {
   next.clean = std::move(clean);
   spdlog::info("membership: node {} coordinates epoch {}: members {}", opts_.self.id.value,
                next.membership.epoch, list(next.membership.members));
-  install(next);
+  install(next, now);
   heartbeat_all();
   last_sent_ = now;
 }
 
-void MembershipAgent::install(const View& v) {
+void MembershipAgent::install(const View& v, uint64_t now) {
   view_ = v;
+  view_since_ = now;
   joined_ = true;
   for (const Member& c : v.clean) {
     auto& mine = clean_[c.id];

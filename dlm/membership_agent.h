@@ -101,16 +101,22 @@ class MembershipAgent {
   };
 
   bool is_alive(const Peer& p, uint64_t now) const;
+  // Members of our view we have not heard from ourselves, for the dead-node timeout after
+  // we installed it: presumed alive (another node heard them; our link may be slow to
+  // come up). Without this, a node that joined through a view formed by a lower node it
+  // cannot hear yet would at once form a view without that node.
+  std::vector<Member> presumed_alive(uint64_t now) const;
   bool configured(NodeId id) const;
   void heartbeat_all();
   void maybe_coordinate(uint64_t now);
-  void install(const View& v);
+  void install(const View& v, uint64_t now);
 
   MembershipAgentOptions opts_;
   Send send_;
   Install install_;
   uint64_t started_ = 0;
   uint64_t last_sent_ = 0;
+  uint64_t view_since_ = 0;  // when view_ was installed
   bool running_ = false;
   bool leaving_ = false;
   bool joined_ = false;

@@ -7,6 +7,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <set>
 
 namespace sharedfs::dlm {
 namespace {
@@ -35,10 +36,16 @@ class Net {
     node.installed.clear();
     node.up = true;
     node.agent = std::make_unique<MembershipAgent>(
-        o, [this](const Message& m) { wire_.push_back({now_ + 5, m}); },
+        o,
+        [this](const Message& m) {
+          if (!blocked_.contains({m.from.id.value, m.to.value})) wire_.push_back({now_ + 5, m});
+        },
         [&node](const View& v) { node.installed.push_back(v); });
     node.agent->start(now_);
   }
+  // Drops what `from` sends to `to` (a link that is not up yet in that direction).
+  void block(uint32_t from, uint32_t to) { blocked_.insert({from, to}); }
+  void unblock(uint32_t from, uint32_t to) { blocked_.erase({from, to}); }
   void crash(uint32_t id) {
     nodes_[id].up = false;
     nodes_[id].agent.reset();
@@ -77,6 +84,7 @@ class Net {
   }
 
  private:
+  std::set<std::pair<uint32_t, uint32_t>> blocked_;
   struct InFlight {
     uint64_t at;
     Message m;
@@ -193,6 +201,39 @@ TEST(MembershipAgent, LeavingAloneIsImmediate) {
   ASSERT_TRUE(net.agent(1).joined());
   net.agent(1).leave(net.now());
   EXPECT_TRUE(net.agent(1).left());
+}
+
+// Three nodes start at once, and node 2 does not hear node 1 for a while (its link comes
+// up late). Node 1 forms {1,2,3}; node 2 joins through it via node 3 and must not form a
+// view without node 1 meanwhile: node 3 would then hold node 1's locks back for a journal
+// replay that never comes, once node 1 is back with the same incarnation.
+TEST(MembershipAgent, ANodeInOurViewIsPresumedAliveUntilTheTimeout) {
+  Net net(3);
+  net.block(1, 2);
+  for (uint32_t id : {1u, 2u, 3u}) net.start(id, 1);
+  net.run_for(700);  // less than the dead-node timeout (1000 ms)
+  for (uint32_t id : {1u, 2u, 3u}) {
+    for (const View& v : net.node(id).installed) {
+      const auto& ms = v.membership.members;
+      EXPECT_TRUE(std::any_of(ms.begin(), ms.end(), [](const Member& m) { return m.id == NodeId(1); }))
+          << "node " << id << " installed epoch " << v.membership.epoch << " without node 1";
+    }
+  }
+  net.unblock(1, 2);
+  net.run_for(500);
+  net.expect_agreed_members({Member{NodeId(1), 1}, Member{NodeId(2), 1}, Member{NodeId(3), 1}});
+}
+
+// A member of our view that we never hear is dropped after the timeout all the same.
+TEST(MembershipAgent, AMemberNeverHeardIsDroppedAfterTheTimeout) {
+  Net net(3);
+  net.block(1, 2);
+  for (uint32_t id : {1u, 2u, 3u}) net.start(id, 1);
+  net.run_for(300);
+  EXPECT_TRUE(net.agent(2).joined());
+  net.crash(1);
+  net.run_for(3000);
+  net.expect_agreed_members({Member{NodeId(2), 1}, Member{NodeId(3), 1}});
 }
 
 }  // namespace

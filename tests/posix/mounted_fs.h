@@ -224,9 +224,8 @@ class MountedCluster {
     return daemons_.at(node - 1)->start(image(), args);
   }
   // Mounts every node at once (they join one another) and waits for all.
-  // One after another: nodes that start at the same moment can form two views at once (one
-  // without the lowest node), after which the DLM holds back that node's locks for a
-  // journal replay that never comes (a known membership bug, see docs/cluster.md).
+  // One after another, as an operator would: a simultaneous start once formed two views at
+  // once (docs/cluster.md, "Known limits"); the membership agent's own tests cover that.
   bool mount_all() {
     for (int i = 1; i <= nodes(); ++i) {
       if (!mount(i)) return false;
