@@ -11,6 +11,7 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <future>
@@ -345,7 +346,10 @@ TEST_F(ClusterFsTest, FlockAndFcntlLocksConflictAcrossNodes) {
 
 // DESIGN.md §4 revocation hazards: node 1 reads a file (buffered and through mmap) and
 // lists a directory in loops while node 2 rewrites the file and creates and unlinks in
-// the directory. No hang; every read returns a version the file had.
+// the directory. No hang; every read() returns a version the file had. A copy out of an
+// mmap is not atomic, even on one host: the kernel may drop the old page in the middle
+// of the copy (the file changed), and the rest then comes from the new version; so each
+// byte of an mmap copy must belong to some version, and mixed copies are only counted.
 TEST_F(ClusterFsTest, ReadersRaceARewritingNode) {
   const char* env = std::getenv("SHAREDFS_RACE_SECONDS");
   const double seconds = env != nullptr ? std::stod(env) : 60.0;
@@ -355,7 +359,7 @@ TEST_F(ClusterFsTest, ReadersRaceARewritingNode) {
   const auto end = Clock::now() + std::chrono::duration<double>(seconds);
   std::atomic<bool> stop{false};
   std::atomic<int> bad{0};
-  std::atomic<uint64_t> writes{0}, reads{0}, mmap_reads{0}, listings{0}, dir_changes{0};
+  std::atomic<uint64_t> writes{0}, reads{0}, mmap_reads{0}, mmap_mixed{0}, listings{0}, dir_changes{0};
   std::set<char> seen;  // versions the buffered reader saw
   std::mutex failures_mu;
   std::vector<std::string> failures;  // the first few, to say what went wrong
@@ -431,7 +435,11 @@ TEST_F(ClusterFsTest, ReadersRaceARewritingNode) {
     char copy[kSize];
     while (!stop) {
       std::memcpy(copy, m, kSize);
-      if (!version_ok(copy, kSize)) fail("mapper: a version the file never had: " + describe(copy, kSize));
+      if (!version_ok(copy, kSize)) {
+        const bool bytes_ok = std::all_of(copy, copy + kSize, [](char c) { return c >= 'A' && c <= 'Z'; });
+        if (!bytes_ok) fail("mapper: bytes no version had: " + describe(copy, kSize));
+        ++mmap_mixed;
+      }
       ++mmap_reads;
       struct stat st {};
       fstat(fd, &st);  // revalidates: the kernel drops pages of an older version
@@ -451,10 +459,11 @@ TEST_F(ClusterFsTest, ReadersRaceARewritingNode) {
   stop = true;
   // A hang shows as threads that do not come back: the ctest timeout catches it.
   for (auto* t : {&writer, &dir_writer, &reader, &mapper, &lister}) t->join();
-  std::printf("%.0f s: %lu rewrites, %lu reads (%zu versions seen), %lu mmap reads, %lu listings, "
-              "%lu directory changes\n",
+  std::printf("%.0f s: %lu rewrites, %lu reads (%zu versions seen), %lu mmap reads (%lu mixed), "
+              "%lu listings, %lu directory changes\n",
               seconds, static_cast<unsigned long>(writes), static_cast<unsigned long>(reads),
               seen.size(), static_cast<unsigned long>(mmap_reads),
+              static_cast<unsigned long>(mmap_mixed),
               static_cast<unsigned long>(listings), static_cast<unsigned long>(dir_changes));
   for (const auto& f : failures) std::printf("  %s\n", f.c_str());
   EXPECT_EQ(bad.load(), 0);
