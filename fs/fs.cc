@@ -320,7 +320,11 @@ FileSystem::~FileSystem() {
 // Inodes
 
 Result<dlm::Lock> FileSystem::lock_inode(Ino ino, dlm::LockMode mode) {
-  return locks_->lock({dlm::LockSpace::kInode, ino}, mode);
+  std::atomic<int>& waiting = lock_waiters_[ino % lock_waiters_.size()];
+  ++waiting;
+  auto lock = locks_->lock({dlm::LockSpace::kInode, ino}, mode);
+  --waiting;
+  return lock;
 }
 
 thread_local FileSystem::AgGate* FileSystem::AgGate::current = nullptr;
@@ -418,7 +422,11 @@ Status FileSystem::flush_for_lock(const dlm::LockName& name, dlm::LockMode new_m
     if (new_mode == dlm::LockMode::kNL) note_ag_held(static_cast<uint32_t>(name.id), false);
   }
   ++lock_flushes_;
-  if (name.space == dlm::LockSpace::kInode) invalidate_dir_alias(name.id);
+  if (name.space == dlm::LockSpace::kInode) {
+    // Another node may now rename, create or remove names in it, or move it.
+    if (new_mode == dlm::LockMode::kNL) invalidate_kernel_names(name.id);
+    invalidate_dir_alias(name.id);
+  }
   return Status::ok();
 }
 
@@ -431,6 +439,38 @@ void FileSystem::note_dir_alias(Ino dir, Ino parent, std::string_view name) {
   if (!opts_.open_locks || name == "." || name == "..") return;
   std::lock_guard lock(lookups_mu_);
   if (lookups_.contains(dir)) dir_alias_[dir] = {parent, std::string(name)};
+}
+
+void FileSystem::note_kernel_name(Ino dir, std::string_view name) {
+  if (!opts_.open_locks || name == "." || name == "..") return;
+  std::lock_guard lock(lookups_mu_);
+  kernel_names_[dir].emplace(name);
+}
+
+// The kernel drops each dentry under the directory's i_rwsem, which a request of ours may
+// hold while it waits for the lock this flush gives up (a create in the directory): so the
+// flush waits at most 100 ms for them all, and the rest finish once that request is
+// served (docs/cluster.md, "Kernel caches"). A LOOKUP answered under the lock but not yet
+// instantiated by the kernel holds i_rwsem shared until it is: its dentry goes too.
+void FileSystem::invalidate_kernel_names(Ino dir) {
+  std::vector<std::shared_future<void>> pending;
+  {
+    std::lock_guard lock(lookups_mu_);
+    auto it = kernel_names_.find(dir);
+    if (it == kernel_names_.end()) return;
+    if (invalidate_entry_) {
+      for (const auto& n : it->second) pending.push_back(invalidate_entry_(dir, n));
+    }
+    kernel_names_.erase(it);
+  }
+  // A request of ours waiting for this very lock holds the directory's i_rwsem (a create
+  // in it): the kernel cannot drop the names before that request is served, after the
+  // lock comes back. Waiting would only delay the release.
+  if (lock_waiters_[dir % lock_waiters_.size()] > 0) return;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
+  for (auto& f : pending) {
+    if (f.valid() && f.wait_until(deadline) != std::future_status::ready) break;
+  }
 }
 
 // Another node may now move or remove directory `dir`: the kernel's dentry for it must go,

@@ -27,6 +27,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -43,6 +44,7 @@
 #include <string_view>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "allocator/allocator.h"
@@ -249,6 +251,11 @@ class FileSystem {
   void remember(Ino ino);
   void note_dir_alias(Ino dir, Ino parent, std::string_view name);
   void invalidate_dir_alias(Ino dir);
+  // Cluster: a name in `dir` the kernel may now cache (positive or negative dentry, long
+  // entry timeout), noted under dir's lock; all of them are invalidated when that lock
+  // goes to another node (invalidate_kernel_names, from flush_for_lock).
+  void note_kernel_name(Ino dir, std::string_view name);
+  void invalidate_kernel_names(Ino dir);
   format::BlockContext ctx(uint64_t blkno) const { return {blkno, tag_}; }
 
   Result<dlm::Lock> lock_inode(Ino ino, dlm::LockMode mode);
@@ -335,6 +342,11 @@ class FileSystem {
   std::unordered_map<Ino, dlm::Lock> open_locks_;
   // open_locks (cluster): where the kernel's one dentry of each directory it knows is.
   std::unordered_map<Ino, std::pair<Ino, std::string>> dir_alias_;
+  // Threads waiting in lock_inode, per inode number modulo the size (a hint: a collision
+  // only makes a flush skip waiting for the kernel's dentry invalidations).
+  std::array<std::atomic<int>, 1024> lock_waiters_{};
+  // open_locks (cluster): names per directory the kernel may cache (note_kernel_name).
+  std::unordered_map<Ino, std::unordered_set<std::string>> kernel_names_;
   EntryInvalidator invalidate_entry_;
   // The orphan chain of our slot in memory: ino -> previous / next (0: none).
   std::mutex orphan_mu_;

@@ -36,6 +36,7 @@ Result<Attr> FileSystem::lookup(Ino parent, std::string_view name) {
     } else {
       Directory d(*tm_, *alloc_, sb_, parent, pref.inode);
       ASSIGN_OR_RETURN(auto e, d.lookup(name));
+      note_kernel_name(parent, name);  // positive or negative, the kernel may cache it
       if (!e) return posix_error(ENOENT, fmt::format("no \"{}\" in {}", name, parent));
       child = e->ino;
       parent_lock = std::move(plock);  // held across the child's lock: parent before child
@@ -156,6 +157,7 @@ Result<Attr> FileSystem::create_node_once(Ino parent, std::string_view name, uin
     pref.inode.mtime_ns = pref.inode.ctime_ns = now;
     store(h, pref);
     remember(ino);
+    note_kernel_name(parent, name);
     if (S_ISDIR(mode)) note_dir_alias(ino, parent, name);
     out = make_attr(ino, n);
   }
@@ -195,6 +197,7 @@ Result<Attr> FileSystem::link(Ino ino, Ino new_parent, std::string_view new_name
     pref.inode.mtime_ns = pref.inode.ctime_ns = now;
     store(h, pref);
     remember(ino);
+    note_kernel_name(new_parent, new_name);
     out = make_attr(ino, cref.inode);
   }
   RETURN_IF_ERROR(maybe_commit());
@@ -416,6 +419,8 @@ Status FileSystem::rename(Ino p1, std::string_view n1, Ino p2, std::string_view 
       store(h, pr2);
     }
     // The kernel moves its own dentries on a rename it sent.
+    note_kernel_name(p2, n2);
+    if (exchange) note_kernel_name(p1, n1);
     if (src_dir) note_dir_alias(src, p2, n2);
     if (exchange && dst_dir) note_dir_alias(dst, p1, n1);
   }

@@ -656,7 +656,9 @@ class EntryInvalidations {
 Status serve(FileSystem& fs, const FuseOptions& opts, const std::function<void()>& on_mounted) {
   Context context{&fs, opts, {}};
   if (opts.cluster) {
-    context.opts.entry_timeout_s = 0;
+    // Names stay cached (the file system invalidates them when their directory's lock
+    // goes to another node), so an inode and its pages outlive a close; attributes are
+    // asked for every time (FUSE_CAP_AUTO_INVAL_DATA then drops pages of a changed file).
     context.opts.attr_timeout_s = 0;
     context.opts.writeback_cache = false;
   }

@@ -33,11 +33,12 @@ struct FuseOptions {
   unsigned read_ahead_kb = 1024;
   bool debug = false;
   // Several nodes mount the device (docs/cluster.md, "Kernel caches"): the kernel keeps no
-  // name or attribute past the request that returned it (timeouts forced to 0), drops
+  // attribute past the request that returned it (attribute timeout forced to 0), drops
   // cached pages when a read finds the size or mtime changed (FUSE_CAP_AUTO_INVAL_DATA),
-  // never caches directory listings, and writes through (no write-back cache). Then a lock
-  // given up to another node needs no kernel invalidation, which could deadlock with the
-  // requests waiting for that lock.
+  // never caches directory listings, and writes through (no write-back cache). Names keep
+  // entry_timeout_s: the file system invalidates them when their directory's lock goes to
+  // another node (FileSystem::set_entry_invalidator), so inodes and their pages survive
+  // a close.
   bool cluster = false;
   // Cluster mounts: flock and fcntl locks through these (dlm/advisory_locks.h), so they
   // conflict across nodes; OPEN, FLUSH and RELEASE are then answered (a lock is dropped
