@@ -99,9 +99,10 @@ LARGE_H="$(awk -v b="$LARGE_BYTES" 'BEGIN { x = b / 1048576; if (x == int(x)) pr
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (FUSE mounts, drop_caches)"
 [ -c /dev/fuse ] || die "/dev/fuse is missing"
-for c in gcc python3 fusermount3 mountpoint findmnt truncate; do
-  command -v "$c" >/dev/null || die "$c is missing (bash scripts/main.sh installs what the project needs)"
-done
+# The project's package list (scripts/lib.sh) has everything this needs, python3 included.
+# shellcheck source=../scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
+sharedfs_install_deps >&2 || die "cannot install the packages scripts/lib.sh lists"
 for b in sharedfs mkfs.sharedfs; do
   [ -x "$BIN_DIR/$b" ] || die "$BIN_DIR/$b is missing: build first (cmake -S . -B build && cmake --build build -j)"
 done
@@ -208,14 +209,7 @@ cleanup() {
       tail -n 15 "$f" >&2
     done
   fi
-  if [ -n "$WORK" ] && [ -d "$WORK" ]; then
-    if findmnt -rn -o TARGET | grep -q "^$WORK/"; then
-      warn "something is still mounted under $WORK; leaving it"
-      rc=1
-    else
-      rm -rf --one-file-system "$WORK"
-    fi
-  fi
+  sharedfs_remove_workdir "$WORK" || rc=1
   exit "$rc"
 }
 trap cleanup EXIT
@@ -303,22 +297,10 @@ EOF
 
 # ---------------------------------------------------------------- cluster
 
-free_ports() {
-  python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
-
 # new_cluster NAME: a fresh sparse image, formatted, and a config for nodes 1-3 on free
 # ports of 127.0.0.1 (the image and config of the previous workload are dropped).
 new_cluster() {
-  local name="$1" ports i
+  local name="$1"
   IMG="$WORK/disk.img"
   CFG="$WORK/cluster.toml"
   rm -f "$IMG"
@@ -330,24 +312,7 @@ new_cluster() {
     warn "mkfs.sharedfs failed (log: $WORK/logs/mkfs.log)"
     return 1
   fi
-  read -r -a ports <<<"$(free_ports "${#NODES[@]}")"
-  {
-    echo "# written by bench/cluster_bench.sh ($name)"
-    echo "[cluster]"
-    echo "name = \"cbench\""
-    echo "id = $CID"
-    echo "secret = \"cbench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')\""
-    echo "heartbeat_interval_ms = 200"
-    echo "heartbeat_timeout_ms = 2000"
-    for i in "${!NODES[@]}"; do
-      echo
-      echo "[[node]]"
-      echo "id = ${NODES[$i]}"
-      echo "name = \"n${NODES[$i]}\""
-      echo "address = \"127.0.0.1:${ports[$i]}\""
-    done
-  } >"$CFG"
-  chmod 600 "$CFG"
+  sharedfs_write_cluster_config "$CFG" cbench "$CID" 200 2000 "${NODES[@]}"
 }
 
 # start_nodes: every node's daemon in the foreground of a background job (pid recorded),

@@ -196,13 +196,7 @@ cleanup() {
     umount "$MNT_EXT4" 2>/dev/null || { sleep 1; umount "$MNT_EXT4" 2>/dev/null; } || umount -l "$MNT_EXT4"
   fi
   [ -z "$LOOP" ] || losetup -d "$LOOP" || warn "cannot detach $LOOP"
-  if [ -n "$WORK" ] && [ -d "$WORK" ]; then
-    if findmnt -rn -o TARGET | grep -q "^$WORK/"; then
-      warn "something is still mounted under $WORK; leaving it"
-    else
-      rm -rf --one-file-system "$WORK"
-    fi
-  fi
+  sharedfs_remove_workdir "$WORK" || true
   exit "$rc"
 }
 trap cleanup EXIT

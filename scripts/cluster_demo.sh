@@ -25,20 +25,6 @@ usage() {
 # The daemon of node N: its command line is `sharedfs mount IMAGE DIR/nodeN --config ...`.
 daemon_pattern() { echo "sharedfs mount $1 $2 "; }
 
-# Three TCP ports on 127.0.0.1 that nothing listens on now (held open together while
-# chosen, so they are distinct).
-free_ports() {
-  python3 - <<'EOF'
-import socket
-socks = []
-for _ in range(3):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
-
 start() {
   local image dir
   image="$(realpath "$1")"
@@ -51,28 +37,10 @@ start() {
   local cid
   cid=$("$bin/sharedfs" debug superblock "$image" | awk '/cluster id/ {print $3}')
   [ -n "$cid" ] || { echo "no cluster id in the superblock of $image" >&2; return 1; }
-  local ports
-  read -r -a ports <<<"$(free_ports)"
   local cfg="$dir/cluster.toml"
-  {
-    echo "# written by scripts/cluster_demo.sh: 3 nodes of cluster $cid on this host"
-    echo "[cluster]"
-    echo "name = \"demo\""
-    echo "id = $((cid))"
-    echo "secret = \"sharedfs-demo-secret-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')\""
-    echo "heartbeat_interval_ms = 200"
-    echo "heartbeat_timeout_ms = 2000"
-    for i in "${!nodes[@]}"; do
-      echo
-      echo "[[node]]"
-      echo "id = ${nodes[$i]}"
-      echo "name = \"n${nodes[$i]}\""
-      echo "address = \"127.0.0.1:${ports[$i]}\""
-    done
-  } >"$cfg"
-  chmod 600 "$cfg"
+  sharedfs_write_cluster_config "$cfg" demo "$((cid))" 200 2000 "${nodes[@]}"
   printf 'image=%q\n' "$image" >"$dir/cluster.env"
-  echo "== cluster config $cfg: cluster id $((cid)), nodes 1-3 on 127.0.0.1:${ports[*]}"
+  echo "== cluster config $cfg: cluster id $((cid)), nodes 1-3 on 127.0.0.1"
   for n in "${nodes[@]}"; do
     mkdir -p "$dir/node$n"
     echo "== sharedfs mount $image $dir/node$n --config $cfg --node $n"

@@ -5,7 +5,8 @@ SHAREDFS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 # Debian 12 packages the build, the tests and the demo need. libjson-c-dev and libssl-dev
 # because libnvme.pc requires json-c and openssl (checked on a debootstrap minbase);
-# clang-14 and libclang-rt-14-dev for the DLM decoder's libFuzzer run (else it is skipped).
+# clang-14 and libclang-rt-14-dev for the DLM decoder's libFuzzer run (else it is skipped);
+# python3 for the cluster scripts (free ports, the benchmark's JSON counters).
 SHAREDFS_PACKAGES=(
   build-essential cmake pkg-config git
   libfuse3-dev fuse3
@@ -16,7 +17,7 @@ SHAREDFS_PACKAGES=(
   libisal-dev libblkid-dev liburing-dev
   e2fsprogs xfsprogs btrfs-progs util-linux iproute2 clang-format
   clang-14 libclang-rt-14-dev
-  attr acl fio mount procps
+  attr acl fio mount procps python3
 )
 
 sharedfs_install_deps() {
@@ -41,4 +42,57 @@ sharedfs_build() {
   echo "== building in $dir $*"
   cmake -S "$SHAREDFS_ROOT" -B "$SHAREDFS_ROOT/$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null
   cmake --build "$SHAREDFS_ROOT/$dir" -j"$(nproc)"
+}
+
+# sharedfs_free_ports N: N TCP ports on 127.0.0.1 that nothing listens on now (held open
+# together while chosen, so they are distinct).
+sharedfs_free_ports() {
+  python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+
+# sharedfs_write_cluster_config FILE NAME ID HEARTBEAT_MS TIMEOUT_MS NODE...: a cluster
+# config (docs/cluster.md) for the given node ids, each on a free port of 127.0.0.1, with a
+# fresh random secret; readable by root only.
+sharedfs_write_cluster_config() {
+  local file="$1" name="$2" id="$3" hb="$4" timeout="$5"
+  shift 5
+  local nodes=("$@") ports i
+  read -r -a ports <<<"$(sharedfs_free_ports "${#nodes[@]}")"
+  {
+    echo "# written by ${0##*/}: nodes ${nodes[*]} of cluster $id on this host"
+    echo "[cluster]"
+    echo "name = \"$name\""
+    echo "id = $id"
+    echo "secret = \"$name-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')\""
+    echo "heartbeat_interval_ms = $hb"
+    echo "heartbeat_timeout_ms = $timeout"
+    for i in "${!nodes[@]}"; do
+      echo
+      echo "[[node]]"
+      echo "id = ${nodes[$i]}"
+      echo "name = \"n${nodes[$i]}\""
+      echo "address = \"127.0.0.1:${ports[$i]}\""
+    done
+  } >"$file"
+  chmod 600 "$file"
+}
+
+# sharedfs_remove_workdir DIR: removes a script's scratch directory unless something is
+# still mounted below it (then it says so and returns 1).
+sharedfs_remove_workdir() {
+  local dir="$1"
+  [ -n "$dir" ] && [ -d "$dir" ] || return 0
+  if findmnt -rn -o TARGET | grep -q "^$dir/"; then
+    echo "${0##*/}: warning: something is still mounted under $dir; leaving it" >&2
+    return 1
+  fi
+  rm -rf --one-file-system "$dir"
 }
