@@ -39,14 +39,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
+
 static const size_t kBufSize = 1 << 20;
 static const size_t kBlock = 4096;
 
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static void usage(void) {
   fprintf(stderr,
@@ -70,18 +67,6 @@ static int failf(const char* what, const char* path) {
   return -1;
 }
 
-static int write_all(int fd, const char* p, size_t n) {
-  while (n > 0) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return -1;
-    }
-    p += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
 
 // ---------------------------------------------------------------- processes started together
 
@@ -118,13 +103,13 @@ static double run_together(int n, body_fn body, void* arg, struct result* total)
       }
       struct result r = {0, 0};
       int rc = body(k, arg, &r);
-      if (rc == 0 && write_all(res[1], (const char*)&r, sizeof r) != 0) rc = -1;
+      if (rc == 0 && bench_write_all(res[1], (const char*)&r, sizeof r) != 0) rc = -1;
       _exit(rc == 0 ? 0 : 1);
     }
   }
   close(go[0]);
   close(res[1]);
-  double t0 = now();
+  double t0 = bench_now();
   close(go[1]);  // every child's read() returns 0 now
   int failed = 0;
   for (int k = 0; k < n; k++) {
@@ -137,7 +122,7 @@ static double run_together(int n, body_fn body, void* arg, struct result* total)
     }
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) failed = 1;
   }
-  double secs = now() - t0;
+  double secs = bench_now() - t0;
   struct result r;
   int got = 0;
   total->count = total->bytes = 0;
@@ -181,14 +166,6 @@ struct dataset {
   int ndirs;
 };
 
-// splitmix64: the size of small file i depends on i only.
-static long small_size(const struct dataset* d, long i) {
-  uint64_t z = (uint64_t)i + 0x9e3779b97f4a7c15ULL;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  z ^= z >> 31;
-  return d->min_size + (long)(z % (uint64_t)(d->max_size - d->min_size + 1));
-}
 
 // File j of the dataset: the large files first, then the small ones.
 static long file_of(const struct dataset* d, const char* dir, long j, char* path, size_t n) {
@@ -197,7 +174,7 @@ static long file_of(const struct dataset* d, const char* dir, long j, char* path
     return d->large_bytes;
   }
   snprintf(path, n, "%s/s%07ld", dir, j - d->nlarge);
-  return small_size(d, j - d->nlarge);
+  return bench_size_of(j - d->nlarge, d->min_size, d->max_size);
 }
 
 static char* pattern_buf(void) {
@@ -212,7 +189,7 @@ static int mkdata(struct dataset* d) {
   char path[4096];
   if (buf == NULL) return 1;
   long long bytes = 0;
-  double t0 = now();
+  double t0 = bench_now();
   for (long j = 0; j < d->nlarge + d->nsmall; j++) {
     long size = file_of(d, d->dirs[0], j, path, sizeof path);
     errno = 0;
@@ -222,13 +199,13 @@ static int mkdata(struct dataset* d) {
       size_t len = (size_t)(size - off) < kBufSize ? (size_t)(size - off) : kBufSize;
       memcpy(buf, &j, sizeof j);
       if (off > 0) memcpy(buf, &off, sizeof off);
-      if (write_all(fd, buf, len) != 0) return failf("write", path), 1;
+      if (bench_write_all(fd, buf, len) != 0) return failf("write", path), 1;
       off += (long)len;
     }
     if (close(fd) != 0) return failf("close", path), 1;
     bytes += size;
   }
-  printf("%ld %lld %.6f\n", d->nlarge + d->nsmall, bytes, now() - t0);
+  printf("%ld %lld %.6f\n", d->nlarge + d->nsmall, bytes, bench_now() - t0);
   free(buf);
   return 0;
 }
@@ -294,15 +271,15 @@ static int pingpong(long n, const char* file_a, const char* file_b) {
     fds[s] = open(paths[s], O_WRONLY | O_APPEND | O_CLOEXEC);
     if (fds[s] < 0) return failf("open", paths[s]), 1;
   }
-  double t0 = now();
+  double t0 = bench_now();
   for (long i = 0; i < n; i++) {
     memcpy(buf, &i, sizeof i);
-    double t = now();
+    double t = bench_now();
     ssize_t w;
     do {
       w = write(fds[i % 2], buf, kBlock);
     } while (w < 0 && errno == EINTR);
-    lat[i] = now() - t;
+    lat[i] = bench_now() - t;
     if (w != (ssize_t)kBlock) {
       if (w >= 0) errno = EIO;
       fprintf(stderr, "create_files: append %ld through %s: %s\n", i, paths[i % 2],
@@ -310,7 +287,7 @@ static int pingpong(long n, const char* file_a, const char* file_b) {
       return 1;
     }
   }
-  double secs = now() - t0;
+  double secs = bench_now() - t0;
   for (int s = 0; s < 2; s++)
     if (close(fds[s]) != 0) return failf("close", paths[s]), 1;
 

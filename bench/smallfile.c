@@ -25,6 +25,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
+
 enum op { OP_CREATE, OP_STAT, OP_UNLINK, OP_READDIR, OP_MKFILES, OP_READ };
 
 struct job {
@@ -38,24 +40,11 @@ struct job {
 
 static const size_t kBufSize = 1 << 20;
 
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static void name_of(char* out, size_t n, const char* dir, long i) {
   snprintf(out, n, "%s/f%07ld", dir, i);
 }
 
-// splitmix64: the size of file i depends on i only.
-static long size_of(long i, long min_size, long max_size) {
-  uint64_t z = (uint64_t)i + 0x9e3779b97f4a7c15ULL;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  z ^= z >> 31;
-  return min_size + (long)(z % (uint64_t)(max_size - min_size + 1));
-}
 
 static int fail(struct job* j, const char* what, const char* path) {
   fprintf(stderr, "smallfile: %s %s: %s\n", what, path, errno ? strerror(errno) : "bad data");
@@ -63,18 +52,6 @@ static int fail(struct job* j, const char* what, const char* path) {
   return -1;
 }
 
-static int write_all(int fd, const char* p, size_t n) {
-  while (n > 0) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return -1;
-    }
-    p += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
 
 static int one(struct job* j, long i, char* buf) {
   char path[4096];
@@ -97,17 +74,17 @@ static int one(struct job* j, long i, char* buf) {
       if (unlink(path) != 0) return fail(j, "unlink", path);
       return 0;
     case OP_MKFILES: {
-      long size = size_of(i, j->min_size, j->max_size);
+      long size = bench_size_of(i, j->min_size, j->max_size);
       memcpy(buf, &i, sizeof i);  // a header the read pass checks
       int fd = open(path, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
       if (fd < 0) return fail(j, "create", path);
-      if (write_all(fd, buf, (size_t)size) != 0) return fail(j, "write", path);
+      if (bench_write_all(fd, buf, (size_t)size) != 0) return fail(j, "write", path);
       if (close(fd) != 0) return fail(j, "close", path);
       j->bytes += size;
       return 0;
     }
     case OP_READ: {
-      long want = size_of(i, j->min_size, j->max_size), got = 0;
+      long want = bench_size_of(i, j->min_size, j->max_size), got = 0;
       int fd = open(path, O_RDONLY | O_CLOEXEC);
       if (fd < 0) return fail(j, "open", path);
       for (;;) {
@@ -220,7 +197,7 @@ int main(int argc, char** argv) {
 
   long long bytes = 0, ops = n;
   int failed = 0;
-  double t0 = now();
+  double t0 = bench_now();
   if (op == OP_READDIR) {
     failed = do_readdir(dir, n, &ops) != 0;
   } else {
@@ -243,7 +220,7 @@ int main(int argc, char** argv) {
     free(jobs);
     free(tids);
   }
-  double secs = now() - t0;
+  double secs = bench_now() - t0;
   if (failed) return 1;
   printf("%lld %lld %.6f\n", ops, bytes, secs);
   return 0;
