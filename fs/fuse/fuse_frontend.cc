@@ -162,15 +162,9 @@ void op_init(void* userdata, fuse_conn_info* conn) {
   // messages per file, which is most of what reading many small files costs. O_TRUNC then
   // comes as a SETATTR before the open instead of with it (no ATOMIC_O_TRUNC).
   // Advisory locks need FLUSH and RELEASE to drop a closed file's locks, so they need OPEN.
+  // (libfuse asks for POSIX_LOCKS and FLOCK_LOCKS only when make_ops() gave the lock ops.)
   c->zero_message_open =
       (conn->capable & FUSE_CAP_NO_OPEN_SUPPORT) != 0 && c->opts.advisory_locks == nullptr;
-  if (c->opts.advisory_locks == nullptr) {
-    // The kernel keeps flock and fcntl locks itself: right for one host.
-    conn->want &= ~(FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS);
-  } else {
-    want(FUSE_CAP_POSIX_LOCKS);
-    want(FUSE_CAP_FLOCK_LOCKS);
-  }
   if (c->zero_message_open) {
     conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
   } else {
@@ -275,8 +269,11 @@ void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char* n
 // Cluster: O_APPEND writes go to the end of the file as the daemon knows it under the
 // inode's lock, not where this kernel's possibly stale size says; and past the page cache,
 // which would otherwise hold them at that stale offset.
+bool appends_at_daemon_eof(fuse_req_t req, const fuse_file_info* fi) {
+  return ctx_of(req).opts.cluster && (fi->flags & O_APPEND);
+}
 void set_append_mode(fuse_req_t req, fuse_file_info* fi) {
-  if (ctx_of(req).opts.cluster && (fi->flags & O_APPEND)) fi->direct_io = 1;
+  if (appends_at_daemon_eof(req, fi)) fi->direct_io = 1;
 }
 
 void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
@@ -320,9 +317,9 @@ void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_i
 
 void op_write(fuse_req_t req, fuse_ino_t ino, const char* data, size_t size, off_t off,
               fuse_file_info* fi) {
-  const bool append = ctx_of(req).opts.cluster && (fi->flags & O_APPEND);
   auto n = fs_of(req).write(to_fs(req, ino), static_cast<uint64_t>(off),
-                            std::as_bytes(std::span<const char>(data, size)), append);
+                            std::as_bytes(std::span<const char>(data, size)),
+                            appends_at_daemon_eof(req, fi));
   if (!n) return reply_status(req, n.status());
   fuse_reply_write(req, *n);
 }
@@ -530,19 +527,13 @@ void op_flock(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi, int op) {
 
 // close(2) of a file descriptor: its process's fcntl locks on the file go.
 void op_flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  if (ctx_of(req).opts.advisory_locks == nullptr) {
-    fuse_reply_err(req, ENOSYS);  // nothing to do at close: the kernel sends no more FLUSHes
-    return;
-  }
   locks_of(req).unlock(to_fs(req, ino), fi->lock_owner, 0, UINT64_MAX);
   fuse_reply_err(req, 0);
 }
 
 // The last close of an open file: its flock goes.
 void op_release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  if (ctx_of(req).opts.advisory_locks != nullptr && fi->flock_release) {
-    locks_of(req).flock_unlock(to_fs(req, ino), fi->lock_owner);
-  }
+  if (fi->flock_release) locks_of(req).flock_unlock(to_fs(req, ino), fi->lock_owner);
   fuse_reply_err(req, 0);
 }
 
@@ -552,7 +543,11 @@ void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_i
   fuse_reply_lseek(req, static_cast<off_t>(*r));
 }
 
-fuse_lowlevel_ops make_ops() {
+// advisory_locks: the cluster's flock and fcntl locks (FuseOptions::advisory_locks). Without
+// them the lock ops stay unset, so the kernel keeps advisory locks to this host, and so do
+// FLUSH and RELEASE (data is written through and opens hold nothing): libfuse answers the
+// first of each ENOSYS and the kernel sends no more.
+fuse_lowlevel_ops make_ops(bool advisory_locks) {
   fuse_lowlevel_ops ops{};
   ops.init = op_init;
   ops.lookup = op_lookup;
@@ -572,13 +567,13 @@ fuse_lowlevel_ops make_ops() {
   ops.create = op_create;
   ops.read = op_read;
   ops.write = op_write;
-  // FLUSH and RELEASE only drop advisory locks (data is written through). Without a cluster
-  // the kernel sends neither: OPEN answers ENOSYS (see op_init).
-  ops.flush = op_flush;
-  ops.release = op_release;
-  ops.getlk = op_getlk;
-  ops.setlk = op_setlk;
-  ops.flock = op_flock;
+  if (advisory_locks) {
+    ops.flush = op_flush;
+    ops.release = op_release;
+    ops.getlk = op_getlk;
+    ops.setlk = op_setlk;
+    ops.flock = op_flock;
+  }
   ops.fsync = op_fsync;
   ops.opendir = op_opendir;
   ops.readdir = op_readdir;
@@ -678,7 +673,7 @@ Status serve(FileSystem& fs, const FuseOptions& opts, const std::function<void()
   std::vector<char*> argv;
   for (auto& s : argv_s) argv.push_back(s.data());
   fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
-  const fuse_lowlevel_ops ops = make_ops();
+  const fuse_lowlevel_ops ops = make_ops(opts.advisory_locks != nullptr);
   fuse_session* se = fuse_session_new(&args, &ops, sizeof(ops), &context);
   if (se == nullptr) {
     fuse_opt_free_args(&args);
