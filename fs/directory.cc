@@ -389,18 +389,26 @@ Result<std::vector<ListedEntry>> Directory::list(uint64_t cookie, size_t max) {
   return out;
 }
 
-Result<std::vector<allocator::BlockRange>> Directory::owned_blocks() {
-  std::vector<allocator::BlockRange> out;
-  if (inode_.flags & format::Inode::kInlineData) return out;
+// Every leaf block once (a leaf serves all the table slots that share its top bits).
+Result<std::vector<uint64_t>> Directory::leaf_blocks() {
+  std::vector<uint64_t> out;
   const uint64_t size = uint64_t{1} << inode_.dir_depth;
   uint64_t index = 0;
   while (index < size) {
     ASSIGN_OR_RETURN(uint64_t head, table_pointer(index));
     ASSIGN_OR_RETURN(std::vector<Leaf> chain, load_chain(head));
     const uint32_t d = std::min<uint32_t>(chain.front().leaf.depth, inode_.dir_depth);
-    for (const Leaf& l : chain) out.push_back({l.blkno, 1});
+    for (const Leaf& l : chain) out.push_back(l.blkno);
     index = ((index >> (inode_.dir_depth - d)) + 1) << (inode_.dir_depth - d);
   }
+  return out;
+}
+
+Result<std::vector<allocator::BlockRange>> Directory::owned_blocks() {
+  std::vector<allocator::BlockRange> out;
+  if (inode_.flags & format::Inode::kInlineData) return out;
+  ASSIGN_OR_RETURN(auto leaves, leaf_blocks());
+  for (uint64_t b : leaves) out.push_back({b, 1});
   ExtentTree table = table_map();
   ASSIGN_OR_RETURN(auto extents, table.extents(0, UINT64_MAX));
   for (const auto& e : extents) out.push_back({e.physical, e.length});
@@ -411,17 +419,10 @@ Result<std::vector<allocator::BlockRange>> Directory::owned_blocks() {
 
 Status Directory::release_blocks(journal::Handle& h) {
   if (inode_.flags & format::Inode::kInlineData) return Status::ok();
-  const uint64_t size = uint64_t{1} << inode_.dir_depth;
-  uint64_t index = 0;
-  while (index < size) {
-    ASSIGN_OR_RETURN(uint64_t head, table_pointer(index));
-    ASSIGN_OR_RETURN(std::vector<Leaf> chain, load_chain(head));
-    const uint32_t d = std::min<uint32_t>(chain.front().leaf.depth, inode_.dir_depth);
-    for (const Leaf& l : chain) {
-      RETURN_IF_ERROR(alloc_.free(h, {l.blkno, 1}, /*metadata=*/true));
-      --inode_.blocks;
-    }
-    index = ((index >> (inode_.dir_depth - d)) + 1) << (inode_.dir_depth - d);
+  ASSIGN_OR_RETURN(auto leaves, leaf_blocks());
+  for (uint64_t b : leaves) {
+    RETURN_IF_ERROR(alloc_.free(h, {b, 1}, /*metadata=*/true));
+    --inode_.blocks;
   }
   ASSIGN_OR_RETURN(auto table, table_map().remove(h, 0, UINT64_MAX));
   for (const auto& r : table) {

@@ -81,6 +81,7 @@ class Directory {
   Result<std::vector<format::DirEntry>> inline_entries() const;
   Status store_inline(const std::vector<format::DirEntry>& entries);
   Result<std::vector<Leaf>> load_chain(uint64_t head);
+  Result<std::vector<uint64_t>> leaf_blocks();
 
   Status convert_to_hashed(journal::Handle& h, std::vector<format::DirEntry> entries);
   Status double_table(journal::Handle& h);

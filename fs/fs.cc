@@ -423,9 +423,7 @@ Status FileSystem::flush_for_lock(const dlm::LockName& name, dlm::LockMode new_m
   }
   ++lock_flushes_;
   if (name.space == dlm::LockSpace::kInode) {
-    // Another node may now rename, create or remove names in it, or move it.
-    if (new_mode == dlm::LockMode::kNL) invalidate_kernel_names(name.id);
-    invalidate_dir_alias(name.id);
+    invalidate_kernel_entries(name.id, /*names=*/new_mode == dlm::LockMode::kNL);
   }
   return Status::ok();
 }
@@ -447,51 +445,39 @@ void FileSystem::note_kernel_name(Ino dir, std::string_view name) {
   kernel_names_[dir].emplace(name);
 }
 
-// The kernel drops each dentry under the directory's i_rwsem, which a request of ours may
-// hold while it waits for the lock this flush gives up (a create in the directory): so the
-// flush waits at most 100 ms for them all, and the rest finish once that request is
-// served (docs/cluster.md, "Kernel caches"). A LOOKUP answered under the lock but not yet
-// instantiated by the kernel holds i_rwsem shared until it is: its dentry goes too.
-void FileSystem::invalidate_kernel_names(Ino dir) {
+// Another node may now create, remove or rename names in directory `dir`, or move it: the
+// kernel's dentries of the names this node gave it there must go, and so must its one
+// dentry of `dir` itself (or a lookup of the directory at its new place would find that
+// alias and fail with ESTALE). The kernel drops them under the parent directory's
+// i_rwsem, which a request of ours may hold while it waits for the lock this flush gives
+// up (a create in the directory): so the flush waits at most 100 ms, not at all when such
+// a request waits for this very lock, and the rest finish once that request is served
+// (docs/cluster.md, "Kernel caches"). A LOOKUP answered under the lock but not yet
+// instantiated by the kernel holds i_rwsem until it is: its dentry goes too.
+void FileSystem::invalidate_kernel_entries(Ino dir, bool names) {
   std::vector<std::shared_future<void>> pending;
-  {
-    std::lock_guard lock(lookups_mu_);
-    auto it = kernel_names_.find(dir);
-    if (it == kernel_names_.end()) return;
-    if (invalidate_entry_) {
-      for (const auto& n : it->second) pending.push_back(invalidate_entry_(dir, n));
-    }
-    kernel_names_.erase(it);
-  }
-  // A request of ours waiting for this very lock holds the directory's i_rwsem (a create
-  // in it): the kernel cannot drop the names before that request is served, after the
-  // lock comes back. Waiting would only delay the release.
-  if (lock_waiters_[dir % lock_waiters_.size()] > 0) return;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
-  for (auto& f : pending) {
-    if (f.valid() && f.wait_until(deadline) != std::future_status::ready) break;
-  }
-}
-
-// Another node may now move or remove directory `dir`: the kernel's dentry for it must go,
-// or a later lookup of the directory at its new place finds that alias and fails with
-// ESTALE (a directory has one dentry). The kernel drops it under the parent's i_rwsem,
-// which a request of ours may hold while it waits for a lock this flush is giving up: so
-// wait only briefly, and let the invalidation finish on its own after that.
-void FileSystem::invalidate_dir_alias(Ino dir) {
-  std::shared_future<void> done;
   {
     // Posted under the mutex (posting never waits), so that once set_entry_invalidator()
     // has cleared it no post can reach a frontend that is going away.
     std::lock_guard lock(lookups_mu_);
-    auto it = dir_alias_.find(dir);
-    if (it == dir_alias_.end() || !invalidate_entry_) return;
-    std::pair<Ino, std::string> alias = std::move(it->second);
-    dir_alias_.erase(it);
-    done = invalidate_entry_(alias.first, alias.second);
+    auto post = [&](Ino parent, const std::string& name) {
+      if (invalidate_entry_) pending.push_back(invalidate_entry_(parent, name));
+    };
+    if (auto it = kernel_names_.find(dir); names && it != kernel_names_.end()) {
+      for (const auto& n : it->second) post(dir, n);
+      kernel_names_.erase(it);
+    }
+    if (auto it = dir_alias_.find(dir); it != dir_alias_.end()) {
+      post(it->second.first, it->second.second);
+      dir_alias_.erase(it);
+    }
   }
+  if (pending.empty() || lock_waiters_[dir % lock_waiters_.size()] > 0) return;
   // A job dropped unrun when the frontend stopped leaves a broken promise: ready too.
-  if (done.valid()) (void)done.wait_for(std::chrono::milliseconds(100));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
+  for (auto& f : pending) {
+    if (f.valid() && f.wait_until(deadline) != std::future_status::ready) break;
+  }
 }
 
 Status LockFlushTarget::flush(const dlm::LockName& name, dlm::LockMode new_mode) {
@@ -720,13 +706,15 @@ void FileSystem::retry_orphans() {
 
 Status FileSystem::drop_inode(journal::Handle& h, InodeRef& ref) {
   SHAREDFS_CHECK(ref.inode.nlink == 0, "dropping a linked inode");
+  // With AG locks the blocks are freed in a change of their own (evict, which also asks
+  // whether another node still uses the inode), because it must lock their AGs before its
+  // handle; this change locked only what it allocates from.
+  if (opts_.ag_locks) return orphan_add(h, ref);
   bool used = lookup_count(ref.ino) != 0;
   if (!used) {
     ASSIGN_OR_RETURN(used, used_elsewhere(ref.ino));
   }
-  // With AG locks the blocks are freed in a change of their own (evict), which locks their
-  // AGs before its handle; this change locked only what it allocates from.
-  if (!used && !opts_.ag_locks) {
+  if (!used) {
     RETURN_IF_ERROR(free_inode_blocks(h, ref));
     return alloc_->free_inode(h, ref.ino);
   }

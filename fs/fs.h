@@ -250,12 +250,13 @@ class FileSystem {
   // One more reference the kernel holds on `ino` (see forget()).
   void remember(Ino ino);
   void note_dir_alias(Ino dir, Ino parent, std::string_view name);
-  void invalidate_dir_alias(Ino dir);
   // Cluster: a name in `dir` the kernel may now cache (positive or negative dentry, long
   // entry timeout), noted under dir's lock; all of them are invalidated when that lock
-  // goes to another node (invalidate_kernel_names, from flush_for_lock).
+  // goes to another node (invalidate_kernel_entries, from flush_for_lock).
   void note_kernel_name(Ino dir, std::string_view name);
-  void invalidate_kernel_names(Ino dir);
+  // The kernel's dentry of directory `dir` and, with `names`, those of the names noted in
+  // it: what another node taking dir's lock may make wrong.
+  void invalidate_kernel_entries(Ino dir, bool names);
   format::BlockContext ctx(uint64_t blkno) const { return {blkno, tag_}; }
 
   Result<dlm::Lock> lock_inode(Ino ino, dlm::LockMode mode);

@@ -11,7 +11,7 @@
 #include <cstdlib>
 #include <thread>
 
-#include "dlm/cluster_lock_service.h"
+#include "dlm/cluster_test_util.h"
 #include "fs/fs_model_driver.h"
 #include "fs/fs_test_fixture.h"
 
@@ -40,23 +40,16 @@ class TwoNodeTest : public testing::ImageTest {
   void SetUp() override {
     ImageTest::SetUp();
     if (HasFatalFailure()) return;
-    std::vector<dlm::Peer> peers;
-    for (uint32_t i = 1; i <= 2; ++i) {
-      peers.push_back(dlm::Peer{NodeId(i), fmt::format("tcp://127.0.0.1:{}", free_port())});
-    }
-    const dlm::Membership ms{1, {dlm::Member{NodeId(1), 1}, dlm::Member{NodeId(2), 1}}};
+    auto services = dlm::testing::start_two_lock_services([this](int i) -> dlm::ClusterLockService::FlushHook {
+      return [target = node_[i].target](const dlm::LockName& name, dlm::LockMode mode) {
+        auto st = target->flush(name, mode);
+        if (!st) ADD_FAILURE() << "flush of " << name.to_string() << ": " << st.to_string();
+      };
+    });
     for (int i = 0; i < 2; ++i) {
-      auto target = node_[i].target;
-      auto s = dlm::ClusterLockService::start(
-          dlm::DlmNodeOptions{ms.members[i], peers, "two-node-test-secret", 20, 5},
-          [target](const dlm::LockName& name, dlm::LockMode mode) {
-            auto st = target->flush(name, mode);
-            if (!st) ADD_FAILURE() << "flush of " << name.to_string() << ": " << st.to_string();
-          });
-      ASSERT_OK(s);
-      node_[i].locks = std::move(s).value();
+      ASSERT_NE(services[i], nullptr);
+      node_[i].locks = std::move(services[i]);
     }
-    for (int i = 0; i < 2; ++i) ASSERT_OK(node_[i].locks->node().set_membership(ms));
     auto dev = device::open_file_device(image_, {});
     ASSERT_OK(dev);
     node_[1].dev = std::move(dev->io);

@@ -117,11 +117,20 @@ Result<size_t> FileSystem::write_once(Ino ino, uint64_t offset, std::span<const 
     if (offset + data.size() < offset || offset + data.size() > (uint64_t{1} << 52)) {
       return posix_error(EFBIG, "write past the largest file size");
     }
-    // Mapping unwritten blocks as written may empty (and free) extent-tree nodes.
-    ASSIGN_OR_RETURN(auto frees, ags_to_free(ref, UINT64_MAX, /*tree_nodes=*/true));
+    ExtentTree t(*tm_, *alloc_, sb_, ino, n);
+    // Mapping unwritten blocks as written may empty (and free) extent-tree nodes: only a
+    // write over unwritten extents of a file with tree nodes frees anything.
+    std::set<uint32_t> frees;
+    if (opts_.ag_locks && n.extent_depth > 0) {
+      ASSIGN_OR_RETURN(auto written, t.extents(offset / bs_, (offset + data.size() + bs_ - 1) / bs_));
+      if (std::any_of(written.begin(), written.end(), [](const format::Extent& e) {
+            return (e.flags & format::Extent::kUnwritten) != 0;
+          })) {
+        ASSIGN_OR_RETURN(frees, ags_to_free(ref, UINT64_MAX, /*tree_nodes=*/true));
+      }
+    }
     ASSIGN_OR_RETURN(auto change, begin_change(data.size() / bs_ + kMetadataBlocks, frees));
     journal::Handle& h = change.handle;
-    ExtentTree t(*tm_, *alloc_, sb_, ino, n);
     uint64_t goal = 0;  // device block after the previous run: keeps files contiguous
     while (done < data.size()) {
       const uint64_t pos = offset + done;

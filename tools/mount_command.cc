@@ -149,29 +149,29 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
     config = std::move(*c);
   }
   // The node's Host ID derives from the cluster id in the superblock: peek at it first.
-  uint64_t cluster_id = 0;
+  format::Superblock sb;
   {
     auto peek = device::open_device(args.device, {}, /*read_only=*/true);
     if (!peek) {
       report(fmt::format("sharedfs: {}\n", peek.status().to_string()));
       return 1;
     }
-    auto sb = fs::read_superblock(*peek->io);
-    if (!sb) {
-      report(fmt::format("sharedfs: {}\n", sb.status().to_string()));
+    auto peeked = fs::read_superblock(*peek->io);
+    if (!peeked) {
+      report(fmt::format("sharedfs: {}\n", peeked.status().to_string()));
       return 1;
     }
-    cluster_id = sb->cluster_id;
+    sb = std::move(*peeked);
     if (config) {
-      Status st = cluster::check_config_for_mount(*config, args.node, sb->cluster_id,
-                                                  sb->geo.slots);
+      Status st = cluster::check_config_for_mount(*config, args.node, sb.cluster_id,
+                                                  sb.geo.slots);
       if (!st) {
         report(fmt::format("sharedfs: {}\n", st.to_string()));
         return 1;
       }
     }
   }
-  auto dev = device::open_device(args.device, device::HostId::for_node(cluster_id, args.node),
+  auto dev = device::open_device(args.device, device::HostId::for_node(sb.cluster_id, args.node),
                                  /*read_only=*/false);
   if (!dev) {
     report(fmt::format("sharedfs: {}\n", dev.status().to_string()));
@@ -183,8 +183,7 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
   mo.node_id = args.node;
   std::optional<ClusterMembership> membership;
   if (config) {
-    auto sb = fs::read_superblock(*dev->io);
-    Status st = sb ? fs::prepare_own_slot(*dev->io, *sb, slot, /*check_live=*/true) : sb.status();
+    Status st = fs::prepare_own_slot(*dev->io, sb, slot, /*check_live=*/true);
     if (st) {
       auto joined = join_cluster(*config, args.node);
       if (joined) membership = std::move(*joined);
