@@ -8,168 +8,26 @@
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <vector>
 
-#include "dlm/dlm_node.h"
-
 namespace sharedfs::dlm {
 namespace {
 
-using Kind = NodeLockGate::Kind;
+using Kind = AdvisoryLocks::Kind;
 constexpr auto kPoll = std::chrono::milliseconds(50);
-
-Status errno_error(int err, std::string message) { return Status(Code::kBusy, std::move(message), err); }
 
 bool overlap(const RecordLock& a, const RecordLock& b) { return a.start <= b.end && b.start <= a.end; }
 
-// ---------------------------------------------------------------------------------------
-// Gates
-
-class LocalGate final : public NodeLockGate {
- public:
-  Status raise(Kind, uint64_t, LockMode, bool, const std::function<bool()>&) override {
-    return Status::ok();
-  }
-  void lower(Kind, uint64_t, LockMode) override {}
-};
-
-// One DLM lock per (kind, inode), requested on the driver thread. A request in flight marks
-// the entry busy; whoever wants something else waits for it, except lower(), which only
-// records what is wanted: the completion of the request in flight lowers afterwards.
-class DlmGate final : public NodeLockGate {
- public:
-  explicit DlmGate(DlmNode& node) : node_(node) {}
-
-  ~DlmGate() override {
-    // Requests in flight complete into entries_: wait for them.
-    std::unique_lock l(mu_);
-    cv_.wait(l, [&] {
-      return std::none_of(entries_.begin(), entries_.end(), [](const auto& e) { return e.second.busy; });
-    });
-  }
-
-  Status raise(Kind kind, uint64_t ino, LockMode mode, bool wait,
-               const std::function<bool()>& interrupted) override {
-    const ResourceName r = name_of(kind, ino);
-    std::unique_lock l(mu_);
-    Entry* e = &entries_[r];
-    e->wanted = std::max(e->wanted, mode);
-    while (e->busy) {
-      if (interrupted && interrupted()) return errno_error(EINTR, "interrupted");
-      cv_.wait_for(l, kPoll);
-      e = &entries_[r];
-    }
-    if (e->granted >= mode) return Status::ok();
-    // Our own request: it completes into `result`, unless we stop waiting first.
-    auto result = std::make_shared<std::optional<Status>>();
-    start_request(r, *e, mode, !wait, result);
-    while (!result->has_value()) {
-      if (interrupted && interrupted()) {
-        // The request goes on; its completion lowers the lock again to what is wanted.
-        return errno_error(EINTR, "interrupted while waiting for another node's lock");
-      }
-      cv_.wait_for(l, kPoll);
-    }
-    return **result;
-  }
-
-  void lower(Kind kind, uint64_t ino, LockMode mode) override {
-    const ResourceName r = name_of(kind, ino);
-    std::unique_lock l(mu_);
-    auto it = entries_.find(r);
-    if (it == entries_.end()) return;
-    it->second.wanted = mode;
-    if (it->second.busy) return;  // the request in flight lowers when it completes
-    settle(r, it->second);
-    // Wait for the master's answer (one round trip, never another node): once close()
-    // returns, another node's F_SETLK must find the lock gone.
-    cv_.wait(l, [&] {
-      auto e = entries_.find(r);
-      return e == entries_.end() || !e->second.busy;
-    });
-  }
-
- private:
-  struct Entry {
-    std::optional<LockId> id;
-    LockMode granted = LockMode::kNL;
-    LockMode wanted = LockMode::kNL;  // what the table needs; settle() lowers to it
-    bool busy = false;
-  };
-
-  static ResourceName name_of(Kind kind, uint64_t ino) {
-    return ResourceName::make(static_cast<uint8_t>(LockSpace::kInode), ino,
-                              kind == Kind::kFlock ? "flock" : "posix");
-  }
-
-  // mu_ held. Lock (no id yet) or up-convert to `mode`.
-  void start_request(const ResourceName& r, Entry& e, LockMode mode, bool try_only,
-                     std::shared_ptr<std::optional<Status>> result) {
-    e.busy = true;
-    const std::optional<LockId> id = e.id;
-    node_.post([this, r, id, mode, try_only, result](LockManager& lm, LockCache&) {
-      auto done = [this, r, mode, result](LockId got, const Status& s) {
-        std::lock_guard l(mu_);
-        Entry& en = entries_[r];
-        en.busy = false;
-        if (s.is_ok()) {
-          en.id = got;
-          en.granted = mode;
-        } else if (!en.id || en.granted == LockMode::kNL) {
-          en.id.reset();  // a refused first lock leaves nothing behind
-        }
-        *result = s;
-        settle(r, en);
-        cv_.notify_all();
-      };
-      if (!id) {
-        lm.lock(r, mode, LockFlags{try_only}, {}, done);
-      } else if (auto st = lm.convert(*id, mode, LockFlags{try_only}, done); !st) {
-        done(*id, st);
-      }
-    });
-  }
-
-  // mu_ held, entry not busy: gives up what nobody needs any more.
-  void settle(const ResourceName& r, Entry& e) {
-    if (e.busy || !e.id || e.wanted >= e.granted) {
-      if (!e.id && !e.busy && e.wanted == LockMode::kNL) entries_.erase(r);
-      return;
-    }
-    e.busy = true;
-    const LockId id = *e.id;
-    const LockMode to = e.wanted;
-    node_.post([this, r, id, to](LockManager& lm, LockCache&) {
-      auto done = [this, r, to](LockId, const Status& s) {
-        std::lock_guard l(mu_);
-        Entry& en = entries_[r];
-        en.busy = false;
-        if (!s.is_ok()) spdlog::warn("advisory lock {}: lowering: {}", r.to_string(), s.to_string());
-        en.granted = to;
-        if (to == LockMode::kNL) en.id.reset();
-        settle(r, en);
-        cv_.notify_all();
-      };
-      Status st = to == LockMode::kNL ? lm.unlock(id, done) : lm.convert(id, to, LockFlags{}, done);
-      if (!st) done(id, st);
-    });
-  }
-
-  DlmNode& node_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::map<ResourceName, Entry> entries_;  // GUARDED_BY(mu_)
-};
-
-}  // namespace
-
-std::unique_ptr<NodeLockGate> make_dlm_lock_gate(DlmNode& node) {
-  return std::make_unique<DlmGate>(node);
+// The node-level lock of one kind on one inode.
+ResourceName name_of(AdvisoryLocks::Kind kind, uint64_t ino) {
+  return ResourceName::make(static_cast<uint8_t>(LockSpace::kInode), ino,
+                            kind == AdvisoryLocks::Kind::kFlock ? "flock" : "posix");
 }
 
-std::unique_ptr<NodeLockGate> make_local_lock_gate() { return std::make_unique<LocalGate>(); }
+}  // namespace
 
 // ---------------------------------------------------------------------------------------
 // The table
@@ -216,7 +74,7 @@ struct AdvisoryLocks::State {
       Side& side = it->second.side[static_cast<int>(kind)];
       side.granted = std::min(side.granted, m);
     }
-    gate.lower(kind, ino, m);
+    gate.lower(name_of(kind, ino), m);
     forget_if_unused(ino);
   }
   void forget_if_unused(uint64_t ino) {
@@ -303,7 +161,7 @@ Status AdvisoryLocks::acquire(uint64_t ino, Kind kind, LockMode need, bool wait,
       const bool stop = !wait || (interrupted && interrupted());
       if (stop) {
         state_->lower(gate_, ino, kind);
-        return errno_error(wait ? EINTR : EAGAIN, *why);
+        return lock_refused(wait ? EINTR : EAGAIN, *why);
       }
       state_->cv.wait_for(l, kPoll);
       continue;
@@ -318,7 +176,7 @@ Status AdvisoryLocks::acquire(uint64_t ino, Kind kind, LockMode need, bool wait,
     ++side.raises;
     side.raising = std::max(side.raising, need);
     l.unlock();
-    Status st = gate_.raise(kind, ino, need, wait, interrupted);
+    Status st = gate_.raise(name_of(kind, ino), need, wait, interrupted);
     l.lock();
     InodeLocks::Side& after = state_->inodes[ino].side[static_cast<int>(kind)];
     if (--after.raises == 0) after.raising = LockMode::kNL;
@@ -345,7 +203,7 @@ Result<std::optional<RecordLock>> AdvisoryLocks::test(uint64_t ino, const Record
     }
   }
   // Ask the other nodes: a try of the node-level lock, given back at once.
-  Status st = gate_.raise(Kind::kPosix, ino, need, false, {});
+  Status st = gate_.raise(name_of(Kind::kPosix, ino), need, false, {});
   {
     std::lock_guard l(state_->mu);
     state_->lower(gate_, ino, Kind::kPosix);

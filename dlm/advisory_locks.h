@@ -34,33 +34,9 @@
 
 #include "common/status.h"
 #include "dlm/lock_service.h"
+#include "dlm/node_lock_gate.h"
 
 namespace sharedfs::dlm {
-
-class DlmNode;
-
-// The node-level lock per inode and kind, behind an interface so the table can be tested
-// without a cluster.
-class NodeLockGate {
- public:
-  enum class Kind : uint8_t { kFlock = 0, kPosix = 1 };
-  virtual ~NodeLockGate() = default;
-  // Raises the node's lock on (kind, ino) to at least `mode` (PR or EX). Failures carry
-  // their errno (Status::to_errno): EAGAIN when wait=false and another node holds it in a
-  // conflicting mode, EDEADLK when the DLM broke a conversion deadlock, EINTR when
-  // `interrupted` said yes during the wait.
-  virtual Status raise(Kind kind, uint64_t ino, LockMode mode, bool wait,
-                       const std::function<bool()>& interrupted) = 0;
-  // Lowers it to `mode` (NL: gives it up): done when it returns, unless a raise is in
-  // flight (that one lowers when it completes). Never waits for another node.
-  virtual void lower(Kind kind, uint64_t ino, LockMode mode) = 0;
-};
-
-// A gate through the node's DLM (LockManager on the DlmNode's driver thread). The DlmNode
-// must outlive it.
-std::unique_ptr<NodeLockGate> make_dlm_lock_gate(DlmNode& node);
-// A gate that always grants at once: one node alone (tests of the table).
-std::unique_ptr<NodeLockGate> make_local_lock_gate();
 
 struct RecordLock {
   bool write = false;
@@ -72,6 +48,10 @@ struct RecordLock {
 
 class AdvisoryLocks {
  public:
+  // The two kinds never conflict with each other (as on Linux): one node-level lock each,
+  // on resource inode:N tagged "flock" or "posix".
+  enum class Kind : uint8_t { kFlock = 0, kPosix = 1 };
+
   explicit AdvisoryLocks(NodeLockGate& gate);
   ~AdvisoryLocks();
   AdvisoryLocks(const AdvisoryLocks&) = delete;
@@ -99,7 +79,7 @@ class AdvisoryLocks {
   struct State;
   // What set() and flock() share: wait out this node's conflicting owners (`conflict` says
   // why, or nullopt), get the node-level lock to `need`, then `grant`.
-  Status acquire(uint64_t ino, NodeLockGate::Kind kind, LockMode need, bool wait,
+  Status acquire(uint64_t ino, Kind kind, LockMode need, bool wait,
                  const std::function<bool()>& interrupted,
                  const std::function<std::optional<std::string>(InodeLocks&)>& conflict,
                  const std::function<void(InodeLocks&)>& grant);

@@ -11,14 +11,12 @@
 #include <future>
 #include <thread>
 
-#include "common/test_util.h"
-#include "dlm/cluster_lock_service.h"
+#include "dlm/cluster_test_util.h"
 
 namespace sharedfs::dlm {
 namespace {
 
 using namespace std::chrono_literals;
-using testing::free_port;
 
 RecordLock rec(uint64_t owner, bool write, uint64_t start, uint64_t end) {
   return RecordLock{.write = write, .start = start, .end = end, .owner = owner, .pid = static_cast<uint32_t>(owner)};
@@ -96,24 +94,13 @@ TEST(AdvisoryLocks, FlockModesOnOneNode) {
 }
 
 struct TwoNodes {
-  std::vector<Peer> peers;
-  std::unique_ptr<ClusterLockService> svc[2];
+  std::array<std::unique_ptr<ClusterLockService>, 2> svc = testing::start_two_lock_services(
+      [](int) -> ClusterLockService::FlushHook { return [](const LockName&, LockMode) {}; });
   std::unique_ptr<NodeLockGate> gate[2];
   std::unique_ptr<AdvisoryLocks> locks[2];
 
   TwoNodes() {
-    for (uint32_t i = 1; i <= 2; ++i) {
-      peers.push_back(Peer{NodeId(i), fmt::format("tcp://127.0.0.1:{}", free_port())});
-    }
-    const Membership ms{1, {Member{NodeId(1), 1}, Member{NodeId(2), 1}}};
     for (int i = 0; i < 2; ++i) {
-      auto s = ClusterLockService::start(DlmNodeOptions{ms.members[i], peers, "test", 20, 5},
-                                         [](const LockName&, LockMode) {});
-      EXPECT_OK(s);
-      svc[i] = std::move(s).value();
-    }
-    for (int i = 0; i < 2; ++i) {
-      EXPECT_OK(svc[i]->node().set_membership(ms));
       gate[i] = make_dlm_lock_gate(svc[i]->node());
       locks[i] = std::make_unique<AdvisoryLocks>(*gate[i]);
     }

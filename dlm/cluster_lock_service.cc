@@ -30,6 +30,7 @@ Result<std::unique_ptr<ClusterLockService>> ClusterLockService::start(DlmNodeOpt
       [self](const ResourceName& name) { self->on_blocked(name); });
   if (!node.is_ok()) return node.status();
   svc->node_ = std::move(node).value();
+  svc->uncached_gate_ = make_dlm_lock_gate(*svc->node_);
   return svc;
 }
 
@@ -40,6 +41,7 @@ ClusterLockService::~ClusterLockService() {
   }
   flush_cv_.notify_all();
   flusher_.join();
+  uncached_gate_.reset();  // waits for its requests in flight, on the driver thread
   node_.reset();
 }
 
@@ -72,35 +74,26 @@ Result<Lock> ClusterLockService::lock_uncached(LockName name, LockMode mode, boo
   std::unique_lock l(mu_);
   for (;;) {
     Uncached& u = uncached_[r];
-    if (u.busy) {
-      local_cv_.wait(l);
-      continue;
+    if (!u.raising && u.holders == 0) {
+      u.raising = true;
+      break;
     }
-    if (u.holders > 0) {
-      // Our own threads hold it: PR is shared, anything else waits (or fails, for a try).
-      if (mode == LockMode::kPR && u.mode == LockMode::kPR) {
-        ++u.holders;
-        return make_lock(name, mode);
-      }
-      if (try_only) return make_status(Code::kBusy, "{} is held on this node", name.to_string());
-      local_cv_.wait(l);
-      continue;
+    if (!u.raising && mode == LockMode::kPR && u.mode == LockMode::kPR) {
+      ++u.holders;  // our own threads share a PR
+      return make_lock(name, mode);
     }
-    u.busy = true;
-    break;
+    if (try_only && !u.raising) {
+      return make_status(Code::kBusy, "{} is held on this node", name.to_string());
+    }
+    local_cv_.wait(l);
   }
   l.unlock();
-  std::promise<std::pair<LockId, Status>> granted;
-  node_->post([&](LockManager& lm, LockCache&) {
-    lm.lock(r, mode, LockFlags{try_only}, {},
-            [&](LockId id, const Status& s) { granted.set_value({id, s}); });
-  });
-  auto [id, status] = granted.get_future().get();
+  Status st = uncached_gate_->raise(r, mode, /*wait=*/!try_only, {});
+  if (!st) uncached_gate_->lower(r, LockMode::kNL, /*wait=*/false);
   l.lock();
-  Uncached& u = uncached_[r];
-  u.busy = false;
-  if (status.is_ok()) {
-    u.id = id;
+  if (st) {
+    Uncached& u = uncached_[r];
+    u.raising = false;
     u.mode = mode;
     u.holders = 1;
   } else {
@@ -108,31 +101,22 @@ Result<Lock> ClusterLockService::lock_uncached(LockName name, LockMode mode, boo
   }
   l.unlock();
   local_cv_.notify_all();
-  if (!status.is_ok()) return status;
+  if (!st) return st;
   return make_lock(name, mode);
 }
 
 void ClusterLockService::unlock_uncached(const ResourceName& r) {
-  std::optional<LockId> id;
   {
     std::lock_guard l(mu_);
     auto it = uncached_.find(r);
     SHAREDFS_CHECK(it != uncached_.end() && it->second.holders > 0,
                    "unlock of an uncached lock not held");
     if (--it->second.holders > 0) return;
-    it->second.busy = true;
-    id = it->second.id;
+    uncached_.erase(it);
+    // Under mu_, so a later raise for the same name is asked of the gate after this.
+    uncached_gate_->lower(r, LockMode::kNL, /*wait=*/false);
   }
-  node_->post([this, r, id](LockManager& lm, LockCache&) {
-    auto forget = [this, r](LockId, const Status&) {
-      {
-        std::lock_guard l(mu_);
-        uncached_.erase(r);
-      }
-      local_cv_.notify_all();
-    };
-    if (!id || !lm.unlock(*id, forget).is_ok()) forget(LockId(0), Status::ok());
-  });
+  local_cv_.notify_all();
 }
 
 // An AG's lock keeps other nodes out of its header and bitmaps; this node's threads are

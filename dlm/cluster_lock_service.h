@@ -16,7 +16,8 @@
 // Membership and journal replay reach the DLM through node().
 //
 // Thread-safety: all methods may be called from any thread. Lock order: mu_, then the
-// DlmNode's queue lock (post()); nothing is called on the LockCache while mu_ is held.
+// uncached locks' gate (node_lock_gate.h), then the DlmNode's queue lock (post()); nothing
+// is called on the LockCache while mu_ is held.
 #pragma once
 
 #include <condition_variable>
@@ -30,6 +31,7 @@
 
 #include "dlm/dlm_node.h"
 #include "dlm/lock_service.h"
+#include "dlm/node_lock_gate.h"
 
 namespace sharedfs::dlm {
 
@@ -64,13 +66,13 @@ class ClusterLockService final : public LockService {
     int writers_waiting = 0;
   };
 
-  // An uncached lock (LockSpace::kOpen): one DLM lock per resource while this node's
-  // threads hold it, shared by PR holders, given back to the DLM when the last one is done.
+  // An uncached lock (LockSpace::kOpen): this node's threads share a PR (holders counts
+  // them) and exclude each other otherwise; the node-level DLM lock is raised through
+  // uncached_gate_ for the first holder and given back when the last one is done.
   struct Uncached {
-    std::optional<LockId> id;
     LockMode mode = LockMode::kNL;
     int holders = 0;
-    bool busy = false;  // a lock or unlock request is in progress
+    bool raising = false;  // a thread of ours is asking the DLM for it
   };
 
   ClusterLockService() = default;
@@ -87,6 +89,7 @@ class ClusterLockService final : public LockService {
 
   FlushHook flush_;
   std::unique_ptr<DlmNode> node_;
+  std::unique_ptr<NodeLockGate> uncached_gate_;  // over node_; destroyed before it
 
   mutable std::mutex mu_;
   std::condition_variable local_cv_;           // exclusion waits

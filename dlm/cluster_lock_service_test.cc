@@ -11,31 +11,17 @@
 #include <chrono>
 #include <thread>
 
-#include "common/test_util.h"
+#include "dlm/cluster_test_util.h"
 
 namespace sharedfs::dlm {
 namespace {
 
-using testing::free_port;
-
 struct TwoNodes {
-  std::vector<Peer> peers;
   std::atomic<int> flushes[2] = {0, 0};
-  std::unique_ptr<ClusterLockService> svc[2];
-
-  TwoNodes() {
-    for (uint32_t i = 1; i <= 2; ++i) {
-      peers.push_back(Peer{NodeId(i), fmt::format("tcp://127.0.0.1:{}", free_port())});
-    }
-    const Membership ms{1, {Member{NodeId(1), 1}, Member{NodeId(2), 1}}};
-    for (int i = 0; i < 2; ++i) {
-      auto s = ClusterLockService::start(DlmNodeOptions{ms.members[i], peers, "test", 20, 5},
-                                         [this, i](const LockName&, LockMode) { ++flushes[i]; });
-      EXPECT_OK(s);
-      svc[i] = std::move(s).value();
-    }
-    for (int i = 0; i < 2; ++i) EXPECT_OK(svc[i]->node().set_membership(ms));
-  }
+  std::array<std::unique_ptr<ClusterLockService>, 2> svc =
+      testing::start_two_lock_services([this](int i) -> ClusterLockService::FlushHook {
+        return [this, i](const LockName&, LockMode) { ++flushes[i]; };
+      });
 };
 
 TEST(ClusterLockService, CachedLocksTakeTheFastPath) {
