@@ -19,6 +19,7 @@
 
 #include "common/test_util.h"
 #include "device/device.h"
+#include "device/fence_guard.h"
 
 namespace sharedfs::device {
 namespace {
@@ -324,6 +325,31 @@ TEST_F(FileDeviceReservations, PreemptAndAbortFencesTheVictim) {
       b_.reservations->preempt_and_abort(kKeyB, kKeyA, RT::kWriteExclusiveRegistrantsOnly));
   EXPECT_OK(write(*a_.io, 0, kBlock, 'a'));
   EXPECT_EQ(read(*b_.io, 0, kBlock), same(kBlock, 'a'));
+}
+
+// What a node's file system writes through: the first refused write stops every later
+// one (without asking the device) and tells the node once why.
+TEST_F(FileDeviceReservations, FenceGuardStopsWritesAtTheFirstConflict) {
+  a_holds_wero();
+  ASSERT_OK(b_.reservations->register_key(kKeyB));
+  FenceGuard guard(*b_.io);
+  std::vector<std::string> reasons;
+  guard.set_on_fenced([&](const std::string& why) { reasons.push_back(why); });
+  ASSERT_OK(write(guard, 0, kBlock, 'b'));
+  EXPECT_FALSE(guard.writes_stopped());
+
+  ASSERT_OK(a_.reservations->preempt_and_abort(kKeyA, kKeyB, RT::kWriteExclusiveRegistrantsOnly));
+  EXPECT_CONFLICT(write(guard, kBlock, kBlock, 'x'));
+  EXPECT_TRUE(guard.writes_stopped());
+  ASSERT_EQ(reasons.size(), 1u);
+  EXPECT_NE(reasons[0].find("fenced"), std::string::npos) << reasons[0];
+  // Later writes never reach the device, even once it would take them again.
+  ASSERT_OK(b_.reservations->register_key(kKeyB));
+  const Status again = write(guard, 0, kBlock, 'y');
+  EXPECT_EQ(again.code(), Code::kIoError) << again.to_string();
+  EXPECT_EQ(guard.flush().code(), Code::kIoError);
+  EXPECT_EQ(reasons.size(), 1u);
+  EXPECT_EQ(read(guard, 0, kBlock), same(kBlock, 'b'));
 }
 
 TEST_F(FileDeviceReservations, PreemptingTheHolderTakesTheReservationOver) {

@@ -8,7 +8,20 @@ namespace {
 LockName lock_name_of(const ResourceName& r) {
   return LockName{static_cast<LockSpace>(r.type), r.id};
 }
+Status withdrawn_status(const LockName& name) {
+  return make_status(Code::kIoError, "{}: this node withdrew from the cluster", name.to_string());
+}
+// How often a thread waiting for the DLM looks whether the node withdrew meanwhile.
+constexpr auto kWithdrawPoll = std::chrono::milliseconds(50);
 }  // namespace
+
+void ClusterLockService::withdraw() {
+  {
+    std::lock_guard l(mu_);
+    withdrawn_ = true;
+  }
+  local_cv_.notify_all();
+}
 
 Result<std::unique_ptr<ClusterLockService>> ClusterLockService::start(DlmNodeOptions options,
                                                                       FlushHook flush) {
@@ -65,6 +78,7 @@ uint64_t ClusterLockService::fast_path_hits() const {
 
 Result<Lock> ClusterLockService::try_lock(LockName name, LockMode mode) {
   SHAREDFS_CHECK(name.space == LockSpace::kOpen, "try_lock is for open locks only");
+  if (withdrawn_) return withdrawn_status(name);
   if (mode == LockMode::kNL) return make_lock(name, mode);
   return lock_uncached(name, mode, /*try_only=*/true);
 }
@@ -85,10 +99,13 @@ Result<Lock> ClusterLockService::lock_uncached(LockName name, LockMode mode, boo
     if (try_only && !u.raising) {
       return make_status(Code::kBusy, "{} is held on this node", name.to_string());
     }
+    if (withdrawn_) return withdrawn_status(name);
     local_cv_.wait(l);
   }
   l.unlock();
-  Status st = uncached_gate_->raise(r, mode, /*wait=*/!try_only, {});
+  Status st = uncached_gate_->raise(r, mode, /*wait=*/!try_only,
+                                    [this] { return withdrawn_.load(); });
+  if (!st && withdrawn_) st = withdrawn_status(name);
   if (!st) uncached_gate_->lower(r, LockMode::kNL, /*wait=*/false);
   l.lock();
   if (st) {
@@ -128,6 +145,7 @@ bool ClusterLockService::shared_between_threads(const LockName& name) {
 
 Result<Lock> ClusterLockService::lock(LockName name, LockMode mode) {
   if (mode == LockMode::kNL) return make_lock(name, mode);  // excludes nothing, anywhere
+  if (withdrawn_) return withdrawn_status(name);
   if (name.space == LockSpace::kOpen) return lock_uncached(name, mode, /*try_only=*/false);
   const ResourceName r = ResourceName::from(name);
   std::unique_lock l(mu_);
@@ -139,9 +157,10 @@ Result<Lock> ClusterLockService::lock(LockName name, LockMode mode) {
     // Slow path: one more LockCache user. The grant counts us as a local user on the
     // driver thread, so a revocation in between cannot take the lock from under us.
     l.unlock();
-    std::promise<Status> granted;
-    node_->post([&](LockManager&, LockCache& cache) {
-      cache.acquire(r, mode, [&](const Status& s) {
+    // Shared with the completion: a withdrawn node stops waiting before the DLM answers.
+    auto granted = std::make_shared<std::promise<Status>>();
+    node_->post([this, r, mode, granted](LockManager&, LockCache& cache) {
+      cache.acquire(r, mode, [this, r, mode, granted](const Status& s) {
         if (s.is_ok()) {
           std::lock_guard g(mu_);
           Entry& en = entries_[r];
@@ -149,20 +168,27 @@ Result<Lock> ClusterLockService::lock(LockName name, LockMode mode) {
           ++en.local_users;
           en.mode = std::max(en.mode, mode);
         }
-        granted.set_value(s);
+        granted->set_value(s);
       });
     });
-    RETURN_IF_ERROR(granted.get_future().get());
+    auto done = granted->get_future();
+    while (done.wait_for(kWithdrawPoll) != std::future_status::ready) {
+      if (withdrawn_) return withdrawn_status(name);
+    }
+    RETURN_IF_ERROR(done.get());
     l.lock();
   }
-  // Exclusion between our threads; waiting EX takers hold off new PR takers.
+  // Exclusion between our threads; waiting EX takers hold off new PR takers. A withdrawn
+  // node's waiters give up (what they counted stays counted: nothing is used any more).
   if (mode == LockMode::kEX && !shared_between_threads(name)) {
     ++e.writers_waiting;
-    local_cv_.wait(l, [&] { return !e.writer && e.readers == 0; });
+    local_cv_.wait(l, [&] { return withdrawn_ || (!e.writer && e.readers == 0); });
     --e.writers_waiting;
+    if (withdrawn_) return withdrawn_status(name);
     e.writer = true;
   } else {
-    local_cv_.wait(l, [&] { return !e.writer && e.writers_waiting == 0; });
+    local_cv_.wait(l, [&] { return withdrawn_ || (!e.writer && e.writers_waiting == 0); });
+    if (withdrawn_) return withdrawn_status(name);
     ++e.readers;
   }
   return make_lock(name, mode);

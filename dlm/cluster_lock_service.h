@@ -20,6 +20,7 @@
 // is called on the LockCache while mu_ is held.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -47,6 +48,9 @@ class ClusterLockService final : public LockService {
   Result<Lock> lock(LockName name, LockMode mode) override;
   Result<Lock> try_lock(LockName name, LockMode mode) override;
   DlmNode& node() { return *node_; }
+  // This node was fenced: every lock() and try_lock() from now on, and every one still
+  // waiting, fails with kIoError; held locks stay until their guards go.
+  void withdraw();
 
   // Locks taken without the driver thread (tests, `sharedfs stats`).
   uint64_t fast_path_hits() const;
@@ -98,6 +102,7 @@ class ClusterLockService final : public LockService {
   uint64_t fast_hits_ = 0;                     // GUARDED_BY(mu_)
   std::deque<std::function<void()>> flushes_;  // GUARDED_BY(mu_)
   bool stop_ = false;                          // GUARDED_BY(mu_)
+  std::atomic<bool> withdrawn_{false};
   std::condition_variable flush_cv_;
   std::thread flusher_;
 };

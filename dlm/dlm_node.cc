@@ -126,9 +126,22 @@ Status DlmNode::leave(std::chrono::milliseconds timeout) {
   return Status::ok();
 }
 
+void DlmNode::mark_replayed(const Member& departed) {
+  post([this, departed](LockManager&, LockCache&) {
+    if (agent_) agent_->mark_clean(departed, now_ms());
+  });
+}
+
+void DlmNode::withdraw() {
+  post([this](LockManager&, LockCache&) {
+    if (agent_) agent_->stop();
+  });
+}
+
 DlmNode::MembershipStatus DlmNode::membership_status() {
   MembershipStatus out;
-  call([&](LockManager&, LockCache&) {
+  call([&](LockManager& lm, LockCache&) {
+    out.awaiting_replay = lm.awaiting_replay();
     if (!agent_) return;
     const uint64_t now = now_ms();
     out.joined = agent_->joined();

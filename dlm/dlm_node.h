@@ -20,6 +20,7 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "common/status.h"
@@ -66,12 +67,20 @@ class DlmNode {
   // treat the node as failed once its heartbeats stop.
   Status leave(std::chrono::milliseconds timeout);
 
+  // A survivor replayed `departed`'s journal: through the next view every node's DLM
+  // lets its locks go (MembershipAgent::mark_clean; effective on the coordinator).
+  void mark_replayed(const Member& departed);
+  // This node was fenced: it stops heartbeating and installs no more views.
+  void withdraw();
+
   struct MembershipStatus {
     bool joined = false;
     bool expelled = false;
     bool coordinator = false;
     View view;
     std::vector<PeerState> peers;
+    // Departed members whose journals are not replayed yet (LockManager::awaiting_replay).
+    std::set<Member> awaiting_replay;
   };
   MembershipStatus membership_status();
 

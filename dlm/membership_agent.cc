@@ -26,6 +26,9 @@ bool MembershipAgent::configured(NodeId id) const {
 }
 
 bool MembershipAgent::is_alive(const Peer& p, uint64_t now) const {
+  if (auto d = dead_.find(p.member.id); d != dead_.end() && p.member.incarnation <= d->second) {
+    return false;
+  }
   return !p.leaving && now - p.last_heard < opts_.dead_after_ms;
 }
 
@@ -66,6 +69,9 @@ void MembershipAgent::heartbeat_all() {
 void MembershipAgent::on_heartbeat(const Message& m, uint64_t now) {
   if (!running_ || m.to != opts_.self.id || m.from.id == opts_.self.id || !configured(m.from.id)) {
     return;
+  }
+  if (auto d = dead_.find(m.from.id); d != dead_.end() && m.from.incarnation <= d->second) {
+    return;  // declared dead and fenced: only a restart (a new incarnation) comes back
   }
   auto [it, fresh] = peers_.try_emplace(m.from.id);
   Peer& p = it->second;
@@ -146,6 +152,10 @@ void MembershipAgent::tick(uint64_t now) {
 }
 
 void MembershipAgent::leave(uint64_t now) {
+  if (!running_) {
+    left_ = true;  // stopped (withdrawn): the others have already timed us out
+    return;
+  }
   if (leaving_) return;
   leaving_ = true;
   spdlog::info("membership: node {} leaves the cluster", opts_.self.id.value);
@@ -214,7 +224,29 @@ void MembershipAgent::maybe_coordinate(uint64_t now) {
   last_sent_ = now;
 }
 
+void MembershipAgent::mark_clean(const Member& departed, uint64_t now) {
+  auto& c = clean_[departed.id];
+  c = std::max(c, departed.incarnation);
+  maybe_coordinate(now);
+}
+
+void MembershipAgent::stop() { running_ = false; }
+
 void MembershipAgent::install(const View& v, uint64_t now) {
+  // Members that left this view without a clean departure were declared dead.
+  for (const Member& m : view_.membership.members) {
+    if (std::find(v.membership.members.begin(), v.membership.members.end(), m) !=
+        v.membership.members.end()) {
+      continue;
+    }
+    const bool clean = std::any_of(v.clean.begin(), v.clean.end(), [&](const Member& c) {
+      return c.id == m.id && c.incarnation >= m.incarnation;
+    });
+    if (!clean && m.id != opts_.self.id) {
+      auto& d = dead_[m.id];
+      d = std::max(d, m.incarnation);
+    }
+  }
   view_ = v;
   view_since_ = now;
   joined_ = true;

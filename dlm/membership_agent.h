@@ -84,6 +84,14 @@ class MembershipAgent {
   // seen or nobody else is alive.
   void leave(uint64_t now);
 
+  // A survivor replayed `departed`'s journal (docs/failure.md): the next view says so, and
+  // every node's DLM then lets go of what `departed` held. Takes effect through the
+  // coordinator's next view; a non-coordinator's mark reaches nobody (the coordinator
+  // recovers, and a new coordinator redoes a recovery cut short).
+  void mark_clean(const Member& departed, uint64_t now);
+  // This node withdrew: no more heartbeats, no more views. The others time us out.
+  void stop();
+
   bool joined() const { return joined_; }
   bool left() const { return left_; }
   // A view with a higher epoch that does not include us arrived while we were not leaving.
@@ -126,6 +134,11 @@ class MembershipAgent {
   std::map<NodeId, Peer> peers_;
   // Per node id, the newest incarnation known clean (ours included, from views).
   std::map<NodeId, uint64_t> clean_;
+  // Per node id, the newest incarnation dropped from a view without leaving: declared dead
+  // and fenced. It is never counted alive again (a fenced node that is still running, its
+  // network healed, must not rejoin as if nothing happened; it restarts as a new
+  // incarnation).
+  std::map<NodeId, uint64_t> dead_;
 };
 
 }  // namespace sharedfs::dlm

@@ -491,6 +491,7 @@ void Heartbeat::encode(std::span<std::byte> block, const BlockContext& ctx) cons
   w.u64(56, mount_generation);
   w.u32(64, static_cast<uint32_t>(state));
   w.u32(68, interval_ms);
+  w.u32(72, by_node);
   seal_block(block, BlockType::kHeartbeat, ctx, seq);
 }
 
@@ -504,12 +505,24 @@ Result<Heartbeat> Heartbeat::decode(std::span<const std::byte> block, const Bloc
   h.timestamp_ns = r.u64(48);
   h.mount_generation = r.u64(56);
   const uint32_t state = r.u32(64);
-  if (state > static_cast<uint32_t>(HeartbeatState::kWithdrawn)) {
+  if (state > static_cast<uint32_t>(HeartbeatState::kRecovered)) {
     return corrupt(BlockType::kHeartbeat, ctx.blkno, fmt::format("invalid state {}", state));
   }
   h.state = static_cast<HeartbeatState>(state);
   h.interval_ms = r.u32(68);
+  h.by_node = r.u32(72);
   return h;
+}
+
+std::string_view heartbeat_state_name(HeartbeatState state) {
+  switch (state) {
+    case HeartbeatState::kIdle: return "idle";
+    case HeartbeatState::kMounted: return "mounted";
+    case HeartbeatState::kWithdrawn: return "withdrawn";
+    case HeartbeatState::kFenced: return "fenced";
+    case HeartbeatState::kRecovered: return "recovered";
+  }
+  return "?";
 }
 
 void OrphanList::encode(std::span<std::byte> block, const BlockContext& ctx) const {

@@ -186,7 +186,16 @@ struct SlotTable {
   static Result<SlotTable> decode(std::span<const std::byte> block, const BlockContext& ctx);
 };
 
-enum class HeartbeatState : uint32_t { kIdle = 0, kMounted = 1, kWithdrawn = 2 };
+// kFenced and kRecovered are written into a dead node's block by the survivor that fenced
+// it (`by_node`): fenced, its journal not yet replayed; replayed and its slot given back.
+enum class HeartbeatState : uint32_t {
+  kIdle = 0,
+  kMounted = 1,
+  kWithdrawn = 2,
+  kFenced = 3,
+  kRecovered = 4,
+};
+std::string_view heartbeat_state_name(HeartbeatState state);
 
 struct Heartbeat {
   uint64_t seq = 0;
@@ -197,6 +206,7 @@ struct Heartbeat {
   uint64_t mount_generation = 0;
   HeartbeatState state = HeartbeatState::kIdle;
   uint32_t interval_ms = 0;
+  uint32_t by_node = 0;  // kFenced, kRecovered: the node that fenced / recovered this slot
 
   void encode(std::span<std::byte> block, const BlockContext& ctx) const;
   static Result<Heartbeat> decode(std::span<const std::byte> block, const BlockContext& ctx);

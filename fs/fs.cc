@@ -162,7 +162,7 @@ Status FileSystem::start() {
     ags_held_.assign(alloc_->ag_count(), false);
     alloc_->set_gate(&FileSystem::AgGate::allows);
   }
-  RETURN_IF_ERROR(set_slot_in_use(true));
+  RETURN_IF_ERROR(set_slot_in_use(opts_.slot, true));
   RETURN_IF_ERROR(free_orphans_at_mount());
   RETURN_IF_ERROR(tm_->commit().status());
   RETURN_IF_ERROR(write_heartbeat(format::HeartbeatState::kMounted));
@@ -171,14 +171,15 @@ Status FileSystem::start() {
   return Status::ok();
 }
 
-// Marks this node's slot in use (or free again) in the slot table, in the running
+// Marks a slot in use by this node (or free again) in the slot table, in the running
 // transaction, under the slot-table lock.
-Status FileSystem::set_slot_in_use(bool in_use) {
+Status FileSystem::set_slot_in_use(uint32_t slot, bool in_use) {
+  SHAREDFS_CHECK(!in_use || slot == opts_.slot, "only our own slot is taken");
   ASSIGN_OR_RETURN(auto lock, locks_->lock({dlm::LockSpace::kSlotTable, 0}, dlm::LockMode::kEX));
   const uint64_t blk = sb_.geo.slot_table_blkno;
   ASSIGN_OR_RETURN(auto buf, tm_->read(blk));
   ASSIGN_OR_RETURN(auto table, format::SlotTable::decode(buf->data(), ctx(blk)));
-  auto& e = table.slots.at(opts_.slot);
+  auto& e = table.slots.at(slot);
   if (in_use) {
     mount_generation_ = e.mount_generation + 1;
     e.state = format::SlotState::kInUse;
@@ -217,7 +218,7 @@ void FileSystem::background_loop() {
   std::unique_lock lock(bg_mu_);
   while (!bg_stop_) {
     bg_cv_.wait_until(lock, std::min(next_commit, next_beat), [&] { return bg_stop_; });
-    if (bg_stop_) break;
+    if (bg_stop_ || withdrawn()) break;  // a withdrawn node writes nothing
     lock.unlock();
     const auto now = std::chrono::steady_clock::now();
     if (now >= next_commit) {
@@ -257,6 +258,10 @@ Status FileSystem::maybe_commit() {
 
 Status FileSystem::unmount() {
   if (!mounted_) return Status::ok();
+  if (withdrawn()) {
+    abandon();  // nothing can be written; the survivor that fenced us replays our journal
+    return make_status(Code::kIoError, "withdrawn: the file system was not written back");
+  }
   mounted_ = false;
   {
     std::lock_guard lock(bg_mu_);
@@ -272,7 +277,7 @@ Status FileSystem::unmount() {
     lookups_.clear();
   }
   for (Ino ino : known) RETURN_IF_ERROR(evict(ino));
-  RETURN_IF_ERROR(set_slot_in_use(false));
+  RETURN_IF_ERROR(set_slot_in_use(opts_.slot, false));
   RETURN_IF_ERROR(tm_->commit().status());
   {
     // Flushes for other nodes find everything at home from here on.
@@ -298,6 +303,74 @@ void FileSystem::abandon() {
   if (bg_thread_.joinable()) bg_thread_.join();
 }
 
+void FileSystem::withdraw() {
+  withdrawn_.store(true, std::memory_order_release);
+  bg_cv_.notify_all();
+}
+
+Status FileSystem::recover_slot(uint32_t slot, uint32_t dead_node) {
+  SHAREDFS_CHECK(slot != opts_.slot, "a node does not recover its own slot while mounted");
+  const uint64_t blk = sb_.geo.orphan_blkno(slot);
+  uint64_t adopted = 0;
+  // One orphan per change: popped off the dead slot's list and pushed onto ours in one
+  // transaction, so a crash leaves every orphan on exactly one list. Nobody else changes
+  // the dead slot's list (its node is fenced, one survivor recovers), so the head read
+  // before the inode lock is still the head under it.
+  for (;;) {
+    Ino ino = 0;
+    {
+      ASSIGN_OR_RETURN(auto olock, locks_->lock({dlm::LockSpace::kOrphanList, slot},
+                                                dlm::LockMode::kEX));
+      ASSIGN_OR_RETURN(auto buf, tm_->read(blk));
+      ASSIGN_OR_RETURN(auto list, format::OrphanList::decode(buf->data(), ctx(blk)));
+      ino = list.head;
+    }
+    if (ino == 0) break;
+    ASSIGN_OR_RETURN(auto ilock, lock_inode(ino, dlm::LockMode::kEX));
+    ASSIGN_OR_RETURN(auto ref, load(ino));
+    ASSIGN_OR_RETURN(auto change, begin_change(0));
+    journal::Handle& h = change.handle;
+    {
+      ASSIGN_OR_RETURN(auto olock, locks_->lock({dlm::LockSpace::kOrphanList, slot},
+                                                dlm::LockMode::kEX));
+      ASSIGN_OR_RETURN(auto buf, tm_->read(blk));
+      ASSIGN_OR_RETURN(auto list, format::OrphanList::decode(buf->data(), ctx(blk)));
+      SHAREDFS_CHECK(list.head == ino, "a dead slot's orphan list changed under recovery");
+      list.head = ref.inode.next_orphan;
+      list.count = list.count > 0 ? list.count - 1 : 0;
+      ++list.seq;
+      list.encode(buf->data(), ctx(blk));
+      h.dirty(buf);
+    }
+    RETURN_IF_ERROR(orphan_add(h, ref));
+    ++adopted;
+  }
+  RETURN_IF_ERROR(set_slot_in_use(slot, false));
+  RETURN_IF_ERROR(tm_->commit().status());
+  if (adopted > 0) {
+    spdlog::info("slot {}: took over {} orphan(s) of node {}", slot, adopted, dead_node);
+    retry_orphans();
+  }
+  // The dead node's heartbeat block: recovered, by us (`sharedfs status` shows it).
+  format::Heartbeat hb;
+  const uint64_t hb_blk = sb_.geo.heartbeat_blkno(slot);
+  {
+    device::AlignedBuffer b(bs_);
+    RETURN_IF_ERROR(dev_.read(hb_blk * bs_, b.span()));
+    if (auto old = format::Heartbeat::decode(b.span(), ctx(hb_blk))) hb = *old;
+  }
+  hb.slot = slot;
+  hb.node_id = dead_node;
+  hb.state = format::HeartbeatState::kRecovered;
+  hb.by_node = opts_.node_id;
+  hb.timestamp_ns = detail::now_ns();
+  ++hb.seq;
+  device::AlignedBuffer b(bs_);
+  hb.encode(b.span(), ctx(hb_blk));
+  RETURN_IF_ERROR(dev_.write(hb_blk * bs_, b.span()));
+  return dev_.flush();
+}
+
 FileSystem::~FileSystem() {
   if (mounted_) {
     if (auto st = unmount(); !st) spdlog::error("unmount: {}", st.to_string());
@@ -319,7 +392,12 @@ FileSystem::~FileSystem() {
 // ---------------------------------------------------------------------------------------
 // Inodes
 
+static Status withdrawn_error() {
+  return make_status(Code::kIoError, "this node withdrew from the cluster (fenced)");
+}
+
 Result<dlm::Lock> FileSystem::lock_inode(Ino ino, dlm::LockMode mode) {
+  if (withdrawn()) return withdrawn_error();
   std::atomic<int>& waiting = lock_waiters_[ino % lock_waiters_.size()];
   ++waiting;
   auto lock = locks_->lock({dlm::LockSpace::kInode, ino}, mode);
@@ -334,6 +412,7 @@ thread_local FileSystem::AgGate* FileSystem::AgGate::current = nullptr;
 // Between this node's threads they are shared (the allocator's per-AG mutex orders them).
 Result<FileSystem::Change> FileSystem::begin_change(uint64_t alloc_blocks,
                                                     const std::set<uint32_t>& frees) {
+  if (withdrawn()) return withdrawn_error();
   std::vector<dlm::Lock> locks;
   std::unique_ptr<AgGate> gate;
   if (opts_.ag_locks) {
@@ -414,6 +493,7 @@ Status FileSystem::flush_for_lock(const dlm::LockName& name, dlm::LockMode new_m
   // anything that waits on us.
   std::lock_guard lock(flush_mu_);
   if (journal_closed_) return Status::ok();  // unmounted: everything is at home
+  if (withdrawn()) return Status::ok();      // fenced: the survivors replay our journal
   RETURN_IF_ERROR(tm_->commit().status().with_context(fmt::format("flushing {}", name.to_string())));
   RETURN_IF_ERROR(journal_->checkpoint().with_context(fmt::format("flushing {}", name.to_string())));
   if (new_mode == dlm::LockMode::kNL) (void)tm_->drop_unused();

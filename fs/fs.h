@@ -226,6 +226,18 @@ class FileSystem {
   // Of which AG locks (ag_locks): how often another node took one of ours.
   uint64_t ag_lock_flushes() const { return ag_lock_flushes_.load(); }
 
+  // --- failure (docs/failure.md) ------------------------------------------------------
+  // This node was fenced: nothing more is written (the device under it refuses anyway),
+  // every operation that takes a lock fails with EIO, flushes for other nodes do nothing
+  // (what they would write could not land), and unmount() only tears down.
+  void withdraw();
+  bool withdrawn() const { return withdrawn_.load(std::memory_order_acquire); }
+  // After a survivor replayed the journal of dead node `dead_node`'s slot and the DLM let
+  // that node's locks go: moves the slot's orphans onto this node's list (freed here once
+  // no node uses them), marks the slot free in the slot table and its heartbeat block
+  // recovered by this node. Safe to repeat.
+  Status recover_slot(uint32_t slot, uint32_t dead_node);
+
   // The frontend's way to make the kernel drop its dentry `name` in `parent`; the future
   // is ready once the kernel did. Set while the FUSE session runs (null: none). It must
   // not block: it is called under an internal mutex.
@@ -237,7 +249,7 @@ class FileSystem {
 
   FileSystem(device::BlockDevice& dev, const format::Superblock& sb, MountOptions opts);
   Status start();
-  Status set_slot_in_use(bool in_use);
+  Status set_slot_in_use(uint32_t slot, bool in_use);
   Status free_orphans_at_mount();
   void background_loop();
   Status write_heartbeat(format::HeartbeatState state);
@@ -354,6 +366,7 @@ class FileSystem {
   std::unordered_map<Ino, Ino> orphan_prev_;
   std::unordered_map<Ino, Ino> orphan_next_;
   std::atomic<uint64_t> next_generation_;
+  std::atomic<bool> withdrawn_{false};
   std::atomic<uint64_t> lock_flushes_{0};
   std::atomic<uint64_t> ag_lock_flushes_{0};
   // When statfs was last asked (steady_clock ticks): the other nodes' AG counts are

@@ -6,15 +6,21 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
+#include <thread>
 #include <filesystem>
 #include <sstream>
 
 #include <optional>
 
 #include "cluster/cluster_config.h"
+#include "cluster/failure_manager.h"
 #include "device/counting_device.h"
 #include "device/device.h"
+#include "device/fence_guard.h"
+#include "journal/journal.h"
 #include "dlm/cluster_lock_service.h"
 #include "fs/fs.h"
 #include "fs/fuse/fuse_frontend.h"
@@ -126,6 +132,73 @@ Result<ClusterMembership> join_cluster(const cluster::ClusterConfig& config, uin
   return c;
 }
 
+// A node that finds itself fenced (or dropped from the cluster) withdraws: one line for the
+// operator, no more writes, every lock and file operation fails with EIO, no more
+// heartbeats. Runs at most once, from whichever thread noticed first; it only sets flags.
+class Withdrawal {
+ public:
+  Withdrawal(uint32_t node, std::string cluster, device::FenceGuard& guard)
+      : node_(node), cluster_(std::move(cluster)), guard_(guard) {}
+  void attach(fs::FileSystem* f) { fs_.store(f); }
+  void attach(dlm::ClusterLockService* locks) { locks_.store(locks); }
+  bool happened() const { return done_.load(); }
+
+  void operator()(const std::string& reason) {
+    if (done_.exchange(true)) return;
+    spdlog::critical("node {} withdraws from cluster \"{}\": {}. It writes nothing more and "
+                     "every file operation fails with EIO; unmount it, then mount again to rejoin",
+                     node_, cluster_, reason);
+    guard_.stop_writes(reason);
+    if (auto* f = fs_.load()) f->withdraw();
+    if (auto* l = locks_.load()) {
+      l->withdraw();
+      l->node().withdraw();
+    }
+  }
+
+ private:
+  const uint32_t node_;
+  const std::string cluster_;
+  device::FenceGuard& guard_;
+  std::atomic<bool> done_{false};
+  std::atomic<fs::FileSystem*> fs_{nullptr};
+  std::atomic<dlm::ClusterLockService*> locks_{nullptr};
+};
+
+// After joining: a configured node that is not in our view but whose disk heartbeat
+// advances is alive on the device and unheard on the network (a wrong secret or address
+// on one side): mounting beside it would be a split brain.
+Status check_no_unheard_live_node(device::BlockDevice& dev, const format::Superblock& sb,
+                                  const cluster::ClusterConfig& config, uint32_t self,
+                                  const dlm::View& view) {
+  std::vector<uint32_t> outside;
+  for (const auto& n : config.nodes) {
+    const bool member = std::any_of(view.membership.members.begin(), view.membership.members.end(),
+                                    [&](const dlm::Member& m) { return m.id.value == n.id; });
+    if (n.id != self && !member) outside.push_back(n.id);
+  }
+  cluster::DiskHeartbeats beats;
+  RETURN_IF_ERROR(beats.sample(dev, sb, std::chrono::steady_clock::now()));
+  const bool any_mounted = std::any_of(outside.begin(), outside.end(), [&](uint32_t id) {
+    const auto& s = beats.slots().at(id - 1);
+    return s.readable && s.beat.state == format::HeartbeatState::kMounted;
+  });
+  if (!any_mounted) return Status::ok();
+  std::this_thread::sleep_for(2 * config.heartbeat_interval + std::chrono::milliseconds(200));
+  const auto now = std::chrono::steady_clock::now();
+  RETURN_IF_ERROR(beats.sample(dev, sb, now));
+  for (uint32_t id : outside) {
+    if (beats.still_for(id - 1, now).count() == 0) {
+      return make_status(Code::kBusy,
+                         "node {} is alive on the device (its disk heartbeat advances) but this "
+                         "node cannot hear it over the network: check the cluster secret and the "
+                         "addresses in the config on both nodes",
+                         id);
+    }
+  }
+  return Status::ok();
+}
+
 int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
   auto report = [&](const std::string& msg) {
     if (ready_fd >= 0) {
@@ -177,42 +250,91 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
     report(fmt::format("sharedfs: {}\n", dev.status().to_string()));
     return 1;
   }
-  device::CountingDevice counted(*dev->io);
+  // Every write of this node goes through the guard: once fenced, nothing more lands.
+  device::FenceGuard guard(*dev->io);
+  Withdrawal withdrawal(args.node, config ? config->name : std::string(), guard);
+  guard.set_on_fenced([&withdrawal](const std::string& why) { withdrawal(why); });
+  device::CountingDevice counted(guard);
   fs::MountOptions mo = p.mount;
   mo.slot = slot;
   mo.node_id = args.node;
   std::optional<ClusterMembership> membership;
+  std::unique_ptr<cluster::FailureManager> failures;
+  std::atomic<fs::FileSystem*> mounted_fs{nullptr};
   if (config) {
-    Status st = fs::prepare_own_slot(*dev->io, sb, slot, /*check_live=*/true);
+    mo.heartbeat_interval = config->heartbeat_interval;
+    Status st = cluster::register_node(*dev->reservations, sb.cluster_id, args.node);
+    if (st) st = fs::prepare_own_slot(guard, sb, slot, /*check_live=*/true);
     if (st) {
       auto joined = join_cluster(*config, args.node);
       if (joined) membership = std::move(*joined);
       st = joined.status();
     }
+    if (st) {
+      withdrawal.attach(membership->locks.get());
+      st = check_no_unheard_live_node(guard, sb, *config, args.node,
+                                      membership->locks->node().membership_status().view);
+    }
     if (!st) {
       report(fmt::format("sharedfs: {}\n", st.to_string()));
+      if (membership) (void)membership->locks->node().leave(membership->leave_timeout);
       return 1;
     }
+    // Recovery of failed nodes starts before our own mount: it may need locks that a node
+    // which died meanwhile held.
+    cluster::FailureManagerOptions fo;
+    fo.node_id = args.node;
+    fo.cluster_id = sb.cluster_id;
+    fo.heartbeat_interval = config->heartbeat_interval;
+    fo.dead_after = config->heartbeat_timeout;
+    if (const char* d = std::getenv("SHAREDFS_TEST_REPLAY_WRITE_DELAY_MS")) {
+      fo.replay_write_delay = std::chrono::milliseconds(std::atoi(d));
+    }
+    cluster::FailureHooks hooks;
+    hooks.replay_journal = [&sb](device::BlockDevice& d, uint32_t s) -> Result<uint64_t> {
+      ASSIGN_OR_RETURN(auto r, journal::replay(d, sb, s));
+      return r.transactions;
+    };
+    hooks.recover_slot = [&mounted_fs](uint32_t s, uint32_t dead) -> Status {
+      fs::FileSystem* f = mounted_fs.load();
+      if (f == nullptr) return Status::ok();  // not mounted yet: its next mount frees them
+      return f->recover_slot(s, dead);
+    };
+    hooks.withdraw = [&withdrawal](const std::string& why) { withdrawal(why); };
+    failures = std::make_unique<cluster::FailureManager>(fo, sb, guard, *dev->reservations,
+                                                         membership->locks->node(), hooks);
+    failures->start();
     mo.slot_prepared = true;
     mo.locks = membership->locks;
     mo.flush_target = membership->target;
     mo.ag_locks = true;
     mo.open_locks = true;
   }
-  // Leaves the cluster once the file system is unmounted (journal clean) or never mounted.
-  auto leave = [&] {
+  // Leaves the cluster once the file system is unmounted (journal clean) or never mounted,
+  // and takes the node's reservation key away with it; a withdrawn node has neither.
+  auto leave = [&](bool clean) {
     if (!membership) return;
-    Status st = membership->locks->node().leave(membership->leave_timeout);
-    if (!st) spdlog::warn("leaving the cluster: {}", st.to_string());
+    failures.reset();
+    if (!withdrawal.happened()) {
+      Status st = membership->locks->node().leave(membership->leave_timeout);
+      if (!st) spdlog::warn("leaving the cluster: {}", st.to_string());
+      if (clean) {
+        st = cluster::unregister_node(*dev->reservations, sb.cluster_id, args.node);
+        if (!st) spdlog::warn("{}", st.to_string());
+      }
+    }
     membership.reset();
   };
   auto filesystem = fs::FileSystem::mount(counted, mo);
   if (!filesystem) {
     report(fmt::format("sharedfs: mounting {}: {}\n", args.device,
                        filesystem.status().to_string()));
-    leave();
+    leave(/*clean=*/false);
     return 1;
   }
+  mounted_fs.store(filesystem->get());
+  withdrawal.attach(filesystem->get());
+  if (withdrawal.happened()) (*filesystem)->withdraw();
   std::optional<StatsFile> stats;
   if (!p.stats_file.empty()) {
     fs::FileSystem* f = filesystem->get();
@@ -268,14 +390,18 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
   if (!st && !mounted) report(fmt::format("sharedfs: {}\n", st.to_string()));
   advisory_locks.reset();  // the session is over: nobody holds or waits for one
   lock_gate.reset();
+  // Recovery of other nodes uses the file system: stopped before it goes.
+  failures.reset();
+  mounted_fs.store(nullptr);
   Status un = (*filesystem)->unmount();
   if (!un) spdlog::error("unmount of {}: {}", args.device, un.to_string());
   if (stats) {
     if (auto w = stats->write(); !w) spdlog::warn("stats file: {}", w.to_string());
     stats.reset();
   }
+  withdrawal.attach(static_cast<fs::FileSystem*>(nullptr));
   filesystem->reset();  // detaches the flush target: later revocations only release
-  leave();
+  leave(/*clean=*/un.is_ok());
   return st && un ? 0 : 1;
 }
 

@@ -90,9 +90,7 @@ int debug_heartbeats(device::BlockDevice& dev) {
       rc = 1;
       continue;
     }
-    const char* state = hb->state == format::HeartbeatState::kMounted     ? "mounted"
-                        : hb->state == format::HeartbeatState::kWithdrawn ? "withdrawn"
-                                                                          : "idle";
+    const auto state = format::heartbeat_state_name(hb->state);
     fmt::print("{:>4}  {:>5}  {:<9}  {:>12}  {}\n", s, hb->node_id, state, hb->counter,
                age(hb->timestamp_ns));
   }
