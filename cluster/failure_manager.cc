@@ -205,14 +205,29 @@ void FailureManager::step() {
     }
     return;
   }
+  // Every journal first: taking a slot over needs ordinary locks, which the DLM holds back
+  // while any departed node's journal is still to be replayed.
+  std::vector<dlm::Member> replayed;
   for (const auto& d : todo) {
     if (withdrawn_) return;
-    Status st = recover(d);
+    Status st = fence_and_replay(d);
     if (!st) {
       spdlog::error("node {}: recovering node {}: {}", opts_.node_id, d.id.value, st.to_string());
       continue;
     }
     recovered_.insert(d);
+    replayed.push_back(d);
+  }
+  for (const auto& d : replayed) {
+    if (withdrawn_) return;
+    const uint32_t dead = d.id.value;
+    if (hooks_.recover_slot) {
+      if (Status st = hooks_.recover_slot(dead - 1, dead); !st) {
+        spdlog::error("node {}: taking over node {}'s slot: {}", opts_.node_id, dead, st.to_string());
+        continue;
+      }
+    }
+    spdlog::warn("node {}: node {} recovered", opts_.node_id, dead);
     std::lock_guard l(mu_);
     ++recoveries_;
   }
@@ -237,7 +252,7 @@ Status FailureManager::mark_heartbeat(uint32_t slot, uint32_t node, format::Hear
   return dev_.write(ctx.blkno * bs, b.span(), {.fua = true});
 }
 
-Status FailureManager::recover(const dlm::Member& d) {
+Status FailureManager::fence_and_replay(const dlm::Member& d) {
   const uint32_t dead = d.id.value;
   const uint32_t slot = dead - 1;
   const auto mine = device::node_reservation_key(opts_.cluster_id, opts_.node_id);
@@ -278,11 +293,6 @@ Status FailureManager::recover(const dlm::Member& d) {
                std::chrono::duration_cast<std::chrono::milliseconds>(replayed - started).count());
   // 4. The DLM lets the dead node's locks go with the next view.
   node_.mark_replayed(d);
-  // 5. Orphans and slot, under the ordinary locks (granted once that view is in).
-  if (hooks_.recover_slot) {
-    RETURN_IF_ERROR(hooks_.recover_slot(slot, dead).with_context("taking over the slot"));
-  }
-  spdlog::warn("node {}: node {} recovered", opts_.node_id, dead);
   return Status::ok();
 }
 

@@ -123,8 +123,8 @@ class FailureManager {
  private:
   void run();
   void step();
-  // Fences, replays and releases one departed member. kBusy: try again next interval.
-  Status recover(const dlm::Member& departed);
+  // Steps 1-4 for one departed member. kBusy: try again next interval.
+  Status fence_and_replay(const dlm::Member& departed);
   Status mark_heartbeat(uint32_t slot, uint32_t node, format::HeartbeatState state);
   void withdraw(const std::string& reason);
 

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <thread>
 #include <filesystem>
+#include <fstream>
 #include <sstream>
 
 #include <optional>
@@ -25,6 +26,7 @@
 #include "fs/fs.h"
 #include "fs/fuse/fuse_frontend.h"
 #include "tools/stats_file.h"
+#include "tools/status_command.h"
 
 namespace sharedfs::tools {
 namespace {
@@ -137,8 +139,13 @@ Result<ClusterMembership> join_cluster(const cluster::ClusterConfig& config, uin
 // heartbeats. Runs at most once, from whichever thread noticed first; it only sets flags.
 class Withdrawal {
  public:
-  Withdrawal(uint32_t node, std::string cluster, device::FenceGuard& guard)
-      : node_(node), cluster_(std::move(cluster)), guard_(guard) {}
+  Withdrawal(uint32_t node, std::string cluster, uint64_t cluster_id, device::FenceGuard& guard)
+      : node_(node), cluster_(std::move(cluster)), state_file_(node_state_path(cluster_id, node)),
+        guard_(guard) {}
+  ~Withdrawal() {
+    std::error_code ec;
+    if (happened()) std::filesystem::remove(state_file_, ec);
+  }
   void attach(fs::FileSystem* f) { fs_.store(f); }
   void attach(dlm::ClusterLockService* locks) { locks_.store(locks); }
   bool happened() const { return done_.load(); }
@@ -148,6 +155,10 @@ class Withdrawal {
     spdlog::critical("node {} withdraws from cluster \"{}\": {}. It writes nothing more and "
                      "every file operation fails with EIO; unmount it, then mount again to rejoin",
                      node_, cluster_, reason);
+    // For `sharedfs status` on this host: the device no longer takes our word.
+    std::error_code ec;
+    std::filesystem::create_directories(std::filesystem::path(state_file_).parent_path(), ec);
+    std::ofstream(state_file_) << "withdrawn " << reason << "\n";
     guard_.stop_writes(reason);
     if (auto* f = fs_.load()) f->withdraw();
     if (auto* l = locks_.load()) {
@@ -159,6 +170,7 @@ class Withdrawal {
  private:
   const uint32_t node_;
   const std::string cluster_;
+  const std::string state_file_;
   device::FenceGuard& guard_;
   std::atomic<bool> done_{false};
   std::atomic<fs::FileSystem*> fs_{nullptr};
@@ -252,7 +264,7 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
   }
   // Every write of this node goes through the guard: once fenced, nothing more lands.
   device::FenceGuard guard(*dev->io);
-  Withdrawal withdrawal(args.node, config ? config->name : std::string(), guard);
+  Withdrawal withdrawal(args.node, config ? config->name : std::string(), sb.cluster_id, guard);
   guard.set_on_fenced([&withdrawal](const std::string& why) { withdrawal(why); });
   device::CountingDevice counted(guard);
   fs::MountOptions mo = p.mount;

@@ -1,6 +1,6 @@
-// sharedfs: the operator's command: mount, read-only inspection of a device (debug) and
-// persistent-reservation administration (reservation). `status`, `locks` and `top` arrive
-// with the cluster.
+// sharedfs: the operator's command: mount, cluster status, read-only inspection of a device
+// (debug) and persistent-reservation administration (reservation). `locks` and `top` come
+// with the operations tooling.
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
@@ -9,6 +9,7 @@
 #include "format/format.h"
 #include "fs/fs.h"
 #include "tools/mount_command.h"
+#include "tools/status_command.h"
 
 using namespace sharedfs;
 
@@ -117,6 +118,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.footer(
       "Examples:\n"
+      "  sharedfs status --config /etc/sharedfs/cluster.toml\n"
       "  sharedfs debug superblock /dev/nvme1n1\n"
       "  sharedfs reservation report disk.img\n"
       "  sharedfs reservation register disk.img --node 1 --cluster-id 0x2a\n"
@@ -146,6 +148,16 @@ int main(int argc, char** argv) {
     if (margs.debug) margs.foreground = true;
     rc = tools::run_mount(margs);
   });
+
+  // --- status
+  std::string status_config, status_device;
+  auto* status = app.add_subcommand(
+      "status", "each node's state (alive, suspect, fenced, recovering, withdrawn, down), disk "
+                "heartbeat and reservation key");
+  status->add_option("--config", status_config, "the cluster config (TOML)")->required();
+  status->add_option("DEVICE", status_device,
+                     "the shared device (default: that of a mounted sharedfs of this cluster)");
+  status->callback([&] { rc = tools::run_status(status_config, status_device); });
 
   // --- debug
   std::string dev_path;

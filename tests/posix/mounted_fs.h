@@ -68,18 +68,48 @@ class FuseDaemon {
   const std::string& mnt() const { return mnt_; }
   bool running() const { return pid_ > 0; }
   pid_t pid() const { return pid_; }
+  // The daemon's stdout and stderr go to `path` (appended) instead of the test's.
+  void set_log(std::string path) { log_ = std::move(path); }
+  const std::string& log() const { return log_; }
+  // Set in the daemon's environment (test hooks such as SHAREDFS_TEST_REPLAY_WRITE_DELAY_MS).
+  void set_env(std::vector<std::pair<std::string, std::string>> env) { env_ = std::move(env); }
+  // Run the daemon through these words first (e.g. nsenter --net=... for a network namespace).
+  void set_prefix(std::vector<std::string> prefix) { prefix_ = std::move(prefix); }
+
+  // SIGKILL: the node dies with its locks and journal as they are; its FUSE connection is
+  // aborted and the mount point taken down (the others must recover it).
+  void kill9() {
+    if (pid_ <= 0) return;
+    ::kill(pid_, SIGKILL);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+    run_command("fusermount3 -u -z " + mnt_ + " 2>/dev/null");
+  }
 
   // Runs `sharedfs mount -f IMAGE MNT EXTRA...` and waits (up to `wait`) for the mount.
   bool start(const std::string& image, const std::vector<std::string>& extra,
              std::chrono::milliseconds wait = std::chrono::seconds(10)) {
     pid_ = fork();
     if (pid_ == 0) {
-      std::vector<std::string> args{SHAREDFS_BIN, "mount", "-f", image, mnt_};
+      if (!log_.empty()) {
+        const int fd = open(log_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+          dup2(fd, 1);
+          dup2(fd, 2);
+          close(fd);
+        }
+      }
+      for (const auto& [k, v] : env_) setenv(k.c_str(), v.c_str(), 1);
+      std::vector<std::string> args = prefix_;
+      for (std::string a : {std::string(SHAREDFS_BIN), std::string("mount"), std::string("-f"), image, mnt_}) {
+        args.push_back(a);
+      }
       args.insert(args.end(), extra.begin(), extra.end());
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);
-      execv(argv[0], argv.data());
+      execvp(argv[0], argv.data());
       _exit(127);
     }
     struct stat parent {};
@@ -99,8 +129,8 @@ class FuseDaemon {
   }
 
   // Unmounts and waits for the daemon; false (and a test failure) when it did not exit
-  // cleanly.
-  bool stop() {
+  // cleanly. A withdrawn node's daemon exits with an error by design: `expect_clean` false.
+  bool stop(bool expect_clean = true) {
     if (pid_ <= 0) return true;
     CommandResult r;
     for (int i = 0; i < 50; ++i) {
@@ -122,13 +152,18 @@ class FuseDaemon {
     }
     pid_ = -1;
     const bool clean = exited && WIFEXITED(status) && WEXITSTATUS(status) == 0;
-    EXPECT_TRUE(clean) << "daemon exit status " << status;
+    if (expect_clean) {
+      EXPECT_TRUE(clean) << "daemon exit status " << status;
+    }
     return clean;
   }
 
  private:
   std::string mnt_;
   pid_t pid_ = -1;
+  std::string log_;
+  std::vector<std::pair<std::string, std::string>> env_;
+  std::vector<std::string> prefix_;
 };
 
 // A fresh image in a scratch directory, removed with the object.
@@ -188,28 +223,53 @@ class MountedFs {
   FuseDaemon daemon_;
 };
 
+struct ClusterTimings {
+  int heartbeat_ms = 100;
+  int timeout_ms = 1500;
+};
+
 // `nodes` nodes of one cluster over one image, node i (1-based) mounted at mnt(i). The
-// cluster config uses short heartbeat timings so that joins and leaves are quick.
+// cluster config uses short heartbeat timings so that joins and leaves are quick. Each
+// daemon logs to log(i). `hosts` (one per node) replaces 127.0.0.1 as the nodes' addresses.
 class MountedCluster {
  public:
-  explicit MountedCluster(int nodes, uint64_t image_bytes = uint64_t{2} << 30)
-      : image_("cluster", image_bytes, "--nodes 4 --cluster-id 77 --cluster-name test") {
+  explicit MountedCluster(int nodes, uint64_t image_bytes = uint64_t{2} << 30,
+                          ClusterTimings timings = {}, std::vector<std::string> hosts = {})
+      : image_("cluster", image_bytes, "--nodes 4 --cluster-id 77 --cluster-name test"),
+        timings_(timings) {
     config_ = (image_.dir() / "cluster.toml").string();
-    std::ofstream c(config_);
-    c << "[cluster]\nname = \"test\"\nid = 77\nsecret = \"cluster-test-secret-0123\"\n"
-         "heartbeat_interval_ms = 100\nheartbeat_timeout_ms = 1500\n";
-    // Distinct ports: a port free a moment ago may come back from the next probe.
     std::set<int> ports;
+    // Distinct ports: a port free a moment ago may come back from the next probe.
     while (static_cast<int>(ports.size()) < nodes) ports.insert(free_port());
     auto port = ports.begin();
     for (int i = 1; i <= nodes; ++i, ++port) {
-      c << "[[node]]\nid = " << i << "\nname = \"n" << i << "\"\naddress = \"127.0.0.1:"
-        << *port << "\"\n";
+      const std::string host = hosts.empty() ? "127.0.0.1" : hosts.at(i - 1);
+      addresses_.push_back(host + ":" + std::to_string(*port));
       const auto mnt = image_.dir() / ("mnt" + std::to_string(i));
       std::filesystem::create_directories(mnt);
       daemons_.push_back(std::make_unique<FuseDaemon>(mnt.string()));
+      daemons_.back()->set_log((image_.dir() / ("node" + std::to_string(i) + ".log")).string());
+    }
+    write_config(config_, "cluster-test-secret-0123");
+  }
+
+  // A config for the same nodes (e.g. with another secret) at `path`.
+  void write_config(const std::string& path, const std::string& secret) const {
+    std::ofstream c(path);
+    c << "[cluster]\nname = \"test\"\nid = 77\nsecret = \"" << secret << "\"\n"
+      << "heartbeat_interval_ms = " << timings_.heartbeat_ms << "\n"
+      << "heartbeat_timeout_ms = " << timings_.timeout_ms << "\n";
+    for (size_t i = 0; i < addresses_.size(); ++i) {
+      c << "[[node]]\nid = " << i + 1 << "\nname = \"n" << i + 1 << "\"\naddress = \""
+        << addresses_[i] << "\"\n";
     }
   }
+  FuseDaemon& daemon(int node) { return *daemons_.at(node - 1); }
+  std::string log(int node) const { return daemons_.at(node - 1)->log(); }
+  const std::filesystem::path& dir() const { return image_.dir(); }
+  const ClusterTimings& timings() const { return timings_; }
+  // SIGKILL of node `node` (FuseDaemon::kill9).
+  void kill(int node) { daemons_.at(node - 1)->kill9(); }
   ~MountedCluster() { unmount_all(); }
 
   int nodes() const { return static_cast<int>(daemons_.size()); }
@@ -242,9 +302,12 @@ class MountedCluster {
     }
     return any ? image_.fsck() : -1;
   }
+  int fsck() const { return image_.fsck(); }
 
  private:
   ScratchImage image_;
+  ClusterTimings timings_;
+  std::vector<std::string> addresses_;
   std::string config_;
   std::vector<std::unique_ptr<FuseDaemon>> daemons_;
 };
