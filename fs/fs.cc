@@ -739,6 +739,12 @@ void FileSystem::forget(Ino ino, uint64_t nlookup) {
 // Frees `ino` if it is an orphan nobody references any more.
 Status FileSystem::evict(Ino ino) {
   if (ino == root()) return Status::ok();
+  {
+    // Only our orphans are freed here: any other inode the kernel forgets costs no lock
+    // (an EX lock would take it from the node that works on it, for nothing).
+    std::lock_guard mu(orphan_mu_);
+    if (!orphan_next_.contains(ino)) return Status::ok();
+  }
   ASSIGN_OR_RETURN(auto lock, lock_inode(ino, dlm::LockMode::kEX));
   if (lookup_count(ino) != 0) return Status::ok();  // looked up again meanwhile
   {

@@ -270,7 +270,17 @@ class MountedCluster {
   const ClusterTimings& timings() const { return timings_; }
   // SIGKILL of node `node` (FuseDaemon::kill9).
   void kill(int node) { daemons_.at(node - 1)->kill9(); }
-  ~MountedCluster() { unmount_all(); }
+  ~MountedCluster() {
+    unmount_all();
+    if (::testing::Test::HasFailure()) {
+      // The daemons' own account, before the scratch directory goes.
+      for (int i = 1; i <= nodes(); ++i) {
+        std::string text = slurp(log(i));
+        if (text.size() > 6000) text = "..." + text.substr(text.size() - 6000);
+        std::fprintf(stderr, "--- node %d log (end) ---\n%s\n", i, text.c_str());
+      }
+    }
+  }
 
   int nodes() const { return static_cast<int>(daemons_.size()); }
   const std::string& mnt(int node) const { return daemons_.at(node - 1)->mnt(); }
