@@ -54,6 +54,11 @@ ClusterLockService::~ClusterLockService() {
   }
   flush_cv_.notify_all();
   flusher_.join();
+  if (withdrawn_) {
+    // Requests in flight may never be answered: the gate is left to the process's exit
+    // rather than waited for (its completions never run once node_ is gone).
+    (void)uncached_gate_.release();
+  }
   uncached_gate_.reset();  // waits for its requests in flight, on the driver thread
   node_.reset();
 }

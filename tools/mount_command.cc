@@ -401,6 +401,9 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
   });
   if (!st && !mounted) report(fmt::format("sharedfs: {}\n", st.to_string()));
   advisory_locks.reset();  // the session is over: nobody holds or waits for one
+  // A withdrawn node's requests in flight are never answered: do not wait for them (the
+  // gate is left to the process's exit; its completions never run once the DLM stops).
+  if (withdrawal.happened()) (void)lock_gate.release();
   lock_gate.reset();
   // Recovery of other nodes uses the file system: stopped before it goes.
   failures.reset();
