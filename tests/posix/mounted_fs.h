@@ -147,6 +147,10 @@ class FuseDaemon {
     }
     if (!exited) {
       ADD_FAILURE() << "sharedfs daemon " << pid_ << " did not exit after unmount";
+      // Where it hangs, for whoever reads the failure (gdb is optional).
+      auto bt = run_command("command -v gdb >/dev/null && gdb -p " + std::to_string(pid_) +
+                            " -batch -ex 'thread apply all bt 14' 2>&1 | grep -E '^(#|Thread)' | head -300");
+      std::fprintf(stderr, "--- daemon %d threads ---\n%s\n", pid_, bt.out.c_str());
       kill(pid_, SIGKILL);
       waitpid(pid_, &status, 0);
     }
