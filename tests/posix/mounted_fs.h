@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -138,7 +139,28 @@ class FuseDaemon {
       if (r.rc == 0) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
-    if (r.rc != 0) run_command("fusermount3 -u -z " + mnt_);
+    if (r.rc != 0) {
+      // Still busy after 5 s: detach it, and if the daemon then still waits for requests
+      // (something keeps the lazily unmounted mount alive), abort its FUSE connection.
+      std::fprintf(stderr, "fusermount3 -u %s kept failing (%s): lazy unmount\n", mnt_.c_str(),
+                   r.out.c_str());
+      struct stat st {};
+      const bool known = stat(mnt_.c_str(), &st) == 0;
+      run_command("fusermount3 -u -z " + mnt_);
+      // Exited yet? (WNOWAIT: the status is still collected below.)
+      auto gone = [&] {
+        siginfo_t info{};
+        return waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+               info.si_pid == pid_;
+      };
+      for (int i = 0; i < 40 && !gone(); ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+      if (known && !gone()) {
+        run_command("mountpoint -q /sys/fs/fuse/connections || mount -t fusectl none /sys/fs/fuse/connections");
+        run_command("echo 1 > /sys/fs/fuse/connections/" + std::to_string(minor(st.st_dev)) + "/abort");
+      }
+    }
     int status = 0;
     bool exited = false;
     for (int i = 0; i < 400 && !exited; ++i) {
