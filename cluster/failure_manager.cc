@@ -87,7 +87,18 @@ Status DiskHeartbeats::sample(device::BlockDevice& dev, const format::Superblock
     slot.beat = *beat;
     slot.readable = true;
   }
+  last_ = now;
   return Status::ok();
+}
+
+Status DiskHeartbeats::sample_after_beats(device::BlockDevice& dev, const format::Superblock& sb,
+                                          std::chrono::milliseconds interval) {
+  std::this_thread::sleep_for(2 * interval + std::chrono::milliseconds(200));
+  return sample(dev, sb, std::chrono::steady_clock::now());
+}
+
+bool DiskHeartbeats::moved(uint32_t slot) const {
+  return slot < slots_.size() && slots_[slot].readable && slots_[slot].changed == last_;
 }
 
 std::chrono::milliseconds DiskHeartbeats::still_for(uint32_t slot,
@@ -170,14 +181,11 @@ void FailureManager::step() {
     return withdraw("a newer view of the cluster dropped this node: the other nodes declared it "
                     "dead and fence it");
   }
-  const auto mine = device::node_reservation_key(opts_.cluster_id, opts_.node_id);
-  if (auto rep = resv_.report(); rep && rep->find_key(mine) == nullptr) {
-    return withdraw("this node's reservation key is no longer registered on the device: "
-                    "another node fenced it");
-  }
+  // That another node fenced us is found by our next write (the disk heartbeat, every
+  // interval: FenceGuard), or by fence_and_replay's report.
   if (!ms.coordinator) return;
 
-  std::vector<dlm::Member> todo;
+  std::vector<dlm::Member> unrecovered;
   for (const dlm::Member& d : ms.awaiting_replay) {
     if (recovered_.contains(d)) continue;
     // A newer incarnation is back: its own mount replayed the journal before it joined, and
@@ -185,18 +193,18 @@ void FailureManager::step() {
     const bool restarted = std::any_of(ms.peers.begin(), ms.peers.end(), [&](const auto& p) {
       return p.id == d.id && p.member && p.member->incarnation > d.incarnation;
     });
-    if (!restarted) todo.push_back(d);
+    if (!restarted) unrecovered.push_back(d);
   }
-  if (todo.empty()) return;
+  if (unrecovered.empty()) return;
   std::vector<NodeId> members, departed;
   std::map<NodeId, std::chrono::milliseconds> still;
   for (const auto& m : ms.view.membership.members) members.push_back(m.id);
-  for (const auto& d : todo) {
+  for (const auto& d : unrecovered) {
     departed.push_back(d.id);
     still[d.id] = beats_.still_for(d.id.value - 1, now);
   }
   if (!may_fence_now(members, departed, still, opts_.dead_after)) {
-    for (const auto& d : todo) {
+    for (const auto& d : unrecovered) {
       if (waiting_logged_.insert(d).second) {
         spdlog::warn("node {}: node {} is gone from the view but this side of the cluster is "
                      "the smaller one: fencing it only once its disk heartbeat stops",
@@ -208,7 +216,7 @@ void FailureManager::step() {
   // Every journal first: taking a slot over needs ordinary locks, which the DLM holds back
   // while any departed node's journal is still to be replayed.
   std::vector<dlm::Member> replayed;
-  for (const auto& d : todo) {
+  for (const auto& d : unrecovered) {
     if (withdrawn_) return;
     Status st = fence_and_replay(d);
     if (!st) {
@@ -221,11 +229,11 @@ void FailureManager::step() {
   for (const auto& d : replayed) {
     if (withdrawn_) return;
     const uint32_t dead = d.id.value;
-    if (hooks_.recover_slot) {
-      if (Status st = hooks_.recover_slot(dead - 1, dead); !st) {
-        spdlog::error("node {}: taking over node {}'s slot: {}", opts_.node_id, dead, st.to_string());
-        continue;
-      }
+    Status st = hooks_.recover_slot ? hooks_.recover_slot(dead - 1, dead) : Status::ok();
+    if (st) st = mark_heartbeat(dead - 1, dead, format::HeartbeatState::kRecovered);
+    if (!st) {
+      spdlog::error("node {}: taking over node {}'s slot: {}", opts_.node_id, dead, st.to_string());
+      continue;
     }
     spdlog::warn("node {}: node {} recovered", opts_.node_id, dead);
     std::lock_guard l(mu_);

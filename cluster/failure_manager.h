@@ -16,7 +16,7 @@
 //   4. tell the membership the journal is clean: the next view lets every node's DLM grant
 //      D's locks again;
 //   5. take D's orphans over and give its slot back (FileSystem::recover_slot), under the
-//      ordinary locks.
+//      ordinary locks, and mark D's heartbeat block "recovered by us".
 //
 // Partitions: both sides' coordinators race to fence the other side and the device
 // serialises them. The side with more members of the last common view, or on a tie the side
@@ -26,7 +26,7 @@
 // live one.
 //
 // Withdraw: when this node's writes are refused (FenceGuard), its own key is missing from
-// the device's report, or a newer view dropped it, the node withdraws (the `withdraw` hook):
+// the device's report when it is about to fence another, or a newer view dropped it, the node withdraws (the `withdraw` hook):
 // the mount stops every write and lock and answers EIO, and this manager stops.
 //
 // Thread-safety: start()/stop() from the owner; the rest runs on the manager's thread.
@@ -73,8 +73,16 @@ class DiskHeartbeats {
   std::chrono::milliseconds still_for(uint32_t slot, std::chrono::steady_clock::time_point now) const;
   const std::vector<Slot>& slots() const { return slots_; }
 
+  // One more sample, long enough after the last one that a live node with heartbeat
+  // `interval` beat in between (two beats and some slack); then moved() tells.
+  Status sample_after_beats(device::BlockDevice& dev, const format::Superblock& sb,
+                            std::chrono::milliseconds interval);
+  // Whether the slot's counter changed at the last sample (after at least two).
+  bool moved(uint32_t slot) const;
+
  private:
   std::vector<Slot> slots_;
+  std::chrono::steady_clock::time_point last_{};
 };
 
 // Whether the coordinator of view `members` may fence the departed nodes `departed` now:

@@ -330,18 +330,12 @@ Status FileSystem::recover_slot(uint32_t slot, uint32_t dead_node) {
     ASSIGN_OR_RETURN(auto ref, load(ino));
     ASSIGN_OR_RETURN(auto change, begin_change(0));
     journal::Handle& h = change.handle;
-    {
-      ASSIGN_OR_RETURN(auto olock, locks_->lock({dlm::LockSpace::kOrphanList, slot},
-                                                dlm::LockMode::kEX));
-      ASSIGN_OR_RETURN(auto buf, tm_->read(blk));
-      ASSIGN_OR_RETURN(auto list, format::OrphanList::decode(buf->data(), ctx(blk)));
+    RETURN_IF_ERROR(change_orphan_list(h, slot, [&](format::OrphanList& list) {
       SHAREDFS_CHECK(list.head == ino, "a dead slot's orphan list changed under recovery");
       list.head = ref.inode.next_orphan;
       list.count = list.count > 0 ? list.count - 1 : 0;
-      ++list.seq;
-      list.encode(buf->data(), ctx(blk));
-      h.dirty(buf);
-    }
+      return Status::ok();
+    }));
     RETURN_IF_ERROR(orphan_add(h, ref));
     ++adopted;
   }
@@ -351,24 +345,7 @@ Status FileSystem::recover_slot(uint32_t slot, uint32_t dead_node) {
     spdlog::info("slot {}: took over {} orphan(s) of node {}", slot, adopted, dead_node);
     retry_orphans();
   }
-  // The dead node's heartbeat block: recovered, by us (`sharedfs status` shows it).
-  format::Heartbeat hb;
-  const uint64_t hb_blk = sb_.geo.heartbeat_blkno(slot);
-  {
-    device::AlignedBuffer b(bs_);
-    RETURN_IF_ERROR(dev_.read(hb_blk * bs_, b.span()));
-    if (auto old = format::Heartbeat::decode(b.span(), ctx(hb_blk))) hb = *old;
-  }
-  hb.slot = slot;
-  hb.node_id = dead_node;
-  hb.state = format::HeartbeatState::kRecovered;
-  hb.by_node = opts_.node_id;
-  hb.timestamp_ns = detail::now_ns();
-  ++hb.seq;
-  device::AlignedBuffer b(bs_);
-  hb.encode(b.span(), ctx(hb_blk));
-  RETURN_IF_ERROR(dev_.write(hb_blk * bs_, b.span()));
-  return dev_.flush();
+  return Status::ok();
 }
 
 FileSystem::~FileSystem() {
@@ -833,11 +810,10 @@ Status FileSystem::free_inode_blocks(journal::Handle& h, InodeRef& ref) {
 // link taken from the in-memory chain, so two threads never write one block's link.
 // Runs `change` on the slot's orphan list under the orphan-list lock and orphan_mu_, then
 // writes the list back in `h`.
-Status FileSystem::change_orphan_list(journal::Handle& h,
+Status FileSystem::change_orphan_list(journal::Handle& h, uint32_t slot,
                                       const std::function<Status(format::OrphanList&)>& change) {
-  ASSIGN_OR_RETURN(auto lock, locks_->lock({dlm::LockSpace::kOrphanList, opts_.slot},
-                                           dlm::LockMode::kEX));
-  const uint64_t blk = sb_.geo.orphan_blkno(opts_.slot);
+  ASSIGN_OR_RETURN(auto lock, locks_->lock({dlm::LockSpace::kOrphanList, slot}, dlm::LockMode::kEX));
+  const uint64_t blk = sb_.geo.orphan_blkno(slot);
   ASSIGN_OR_RETURN(auto buf, tm_->read(blk));
   ASSIGN_OR_RETURN(auto list, format::OrphanList::decode(buf->data(), ctx(blk)));
   std::lock_guard mu(orphan_mu_);
@@ -849,7 +825,7 @@ Status FileSystem::change_orphan_list(journal::Handle& h,
 }
 
 Status FileSystem::orphan_add(journal::Handle& h, InodeRef& ref) {
-  return change_orphan_list(h, [&](format::OrphanList& list) {
+  return change_orphan_list(h, opts_.slot, [&](format::OrphanList& list) {
     const Ino old_head = list.head;
     ref.inode.flags |= Inode::kOrphan;
     orphan_next_[ref.ino] = old_head;
@@ -863,7 +839,7 @@ Status FileSystem::orphan_add(journal::Handle& h, InodeRef& ref) {
 }
 
 Status FileSystem::orphan_remove(journal::Handle& h, InodeRef& ref) {
-  return change_orphan_list(h, [&](format::OrphanList& list) -> Status {
+  return change_orphan_list(h, opts_.slot, [&](format::OrphanList& list) -> Status {
     auto pit = orphan_prev_.find(ref.ino);
     SHAREDFS_CHECK(pit != orphan_prev_.end(), "orphan missing from the in-memory chain");
     const Ino prev = pit->second;

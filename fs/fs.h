@@ -234,8 +234,7 @@ class FileSystem {
   bool withdrawn() const { return withdrawn_.load(std::memory_order_acquire); }
   // After a survivor replayed the journal of dead node `dead_node`'s slot and the DLM let
   // that node's locks go: moves the slot's orphans onto this node's list (freed here once
-  // no node uses them), marks the slot free in the slot table and its heartbeat block
-  // recovered by this node. Safe to repeat.
+  // no node uses them) and marks the slot free in the slot table. Safe to repeat.
   Status recover_slot(uint32_t slot, uint32_t dead_node);
 
   // The frontend's way to make the kernel drop its dentry `name` in `parent`; the future
@@ -309,7 +308,9 @@ class FileSystem {
   // now if the kernel does not know it, else put it on the orphan list.
   Status drop_inode(journal::Handle& h, InodeRef& ref);
   Status free_inode_blocks(journal::Handle& h, InodeRef& ref);
-  Status change_orphan_list(journal::Handle& h,
+  // Changes slot `slot`'s orphan-list block (ours unless a dead node's is taken over) in
+  // `h`, under its lock and orphan_mu_.
+  Status change_orphan_list(journal::Handle& h, uint32_t slot,
                             const std::function<Status(format::OrphanList&)>& change);
   Status orphan_add(journal::Handle& h, InodeRef& ref);
   Status orphan_remove(journal::Handle& h, InodeRef& ref);

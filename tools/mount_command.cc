@@ -9,7 +9,6 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
-#include <thread>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -139,14 +138,15 @@ Result<ClusterMembership> join_cluster(const cluster::ClusterConfig& config, uin
 // heartbeats. Runs at most once, from whichever thread noticed first; it only sets flags.
 class Withdrawal {
  public:
-  Withdrawal(uint32_t node, std::string cluster, uint64_t cluster_id, device::FenceGuard& guard)
+  // `fs`: the mounted file system while there is one (also what recovery uses).
+  Withdrawal(uint32_t node, std::string cluster, uint64_t cluster_id, device::FenceGuard& guard,
+             const std::atomic<fs::FileSystem*>& fs)
       : node_(node), cluster_(std::move(cluster)), state_file_(node_state_path(cluster_id, node)),
-        guard_(guard) {}
+        guard_(guard), fs_(fs) {}
   ~Withdrawal() {
     std::error_code ec;
     if (happened()) std::filesystem::remove(state_file_, ec);
   }
-  void attach(fs::FileSystem* f) { fs_.store(f); }
   void attach(dlm::ClusterLockService* locks) { locks_.store(locks); }
   bool happened() const { return done_.load(); }
 
@@ -172,8 +172,8 @@ class Withdrawal {
   const std::string cluster_;
   const std::string state_file_;
   device::FenceGuard& guard_;
+  const std::atomic<fs::FileSystem*>& fs_;
   std::atomic<bool> done_{false};
-  std::atomic<fs::FileSystem*> fs_{nullptr};
   std::atomic<dlm::ClusterLockService*> locks_{nullptr};
 };
 
@@ -196,11 +196,9 @@ Status check_no_unheard_live_node(device::BlockDevice& dev, const format::Superb
     return s.readable && s.beat.state == format::HeartbeatState::kMounted;
   });
   if (!any_mounted) return Status::ok();
-  std::this_thread::sleep_for(2 * config.heartbeat_interval + std::chrono::milliseconds(200));
-  const auto now = std::chrono::steady_clock::now();
-  RETURN_IF_ERROR(beats.sample(dev, sb, now));
+  RETURN_IF_ERROR(beats.sample_after_beats(dev, sb, config.heartbeat_interval));
   for (uint32_t id : outside) {
-    if (beats.still_for(id - 1, now).count() == 0) {
+    if (beats.moved(id - 1)) {
       return make_status(Code::kBusy,
                          "node {} is alive on the device (its disk heartbeat advances) but this "
                          "node cannot hear it over the network: check the cluster secret and the "
@@ -264,7 +262,9 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
   }
   // Every write of this node goes through the guard: once fenced, nothing more lands.
   device::FenceGuard guard(*dev->io);
-  Withdrawal withdrawal(args.node, config ? config->name : std::string(), sb.cluster_id, guard);
+  std::atomic<fs::FileSystem*> mounted_fs{nullptr};
+  Withdrawal withdrawal(args.node, config ? config->name : std::string(), sb.cluster_id, guard,
+                        mounted_fs);
   guard.set_on_fenced([&withdrawal](const std::string& why) { withdrawal(why); });
   device::CountingDevice counted(guard);
   fs::MountOptions mo = p.mount;
@@ -272,7 +272,6 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
   mo.node_id = args.node;
   std::optional<ClusterMembership> membership;
   std::unique_ptr<cluster::FailureManager> failures;
-  std::atomic<fs::FileSystem*> mounted_fs{nullptr};
   if (config) {
     mo.heartbeat_interval = config->heartbeat_interval;
     Status st = cluster::register_node(*dev->reservations, sb.cluster_id, args.node);
@@ -345,7 +344,6 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
     return 1;
   }
   mounted_fs.store(filesystem->get());
-  withdrawal.attach(filesystem->get());
   if (withdrawal.happened()) (*filesystem)->withdraw();
   std::optional<StatsFile> stats;
   if (!p.stats_file.empty()) {
@@ -414,7 +412,6 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
     if (auto w = stats->write(); !w) spdlog::warn("stats file: {}", w.to_string());
     stats.reset();
   }
-  withdrawal.attach(static_cast<fs::FileSystem*>(nullptr));
   filesystem->reset();  // detaches the flush target: later revocations only release
   leave(/*clean=*/un.is_ok());
   return st && un ? 0 : 1;

@@ -7,7 +7,6 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
-#include <thread>
 
 #include "cluster/cluster_config.h"
 #include "cluster/failure_manager.h"
@@ -73,14 +72,12 @@ int run_status(const std::string& config_path, const std::string& device_arg) {
   auto rep = dev->reservations->report();
   if (!rep) return fail(rep.status());
 
-  // Two looks at the heartbeats, two intervals apart: a live node's counter moves.
+  // Two looks at the heartbeats, two beats apart: a live node's counter moves.
   cluster::DiskHeartbeats beats;
-  const auto t0 = std::chrono::steady_clock::now();
-  if (auto st = beats.sample(*dev->io, *sb, t0); !st) return fail(st);
-  const auto gap = 2 * config->heartbeat_interval + std::chrono::milliseconds(100);
-  std::this_thread::sleep_for(gap);
-  const auto t1 = std::chrono::steady_clock::now();
-  if (auto st = beats.sample(*dev->io, *sb, t1); !st) return fail(st);
+  if (auto st = beats.sample(*dev->io, *sb, std::chrono::steady_clock::now()); !st) return fail(st);
+  if (auto st = beats.sample_after_beats(*dev->io, *sb, config->heartbeat_interval); !st) {
+    return fail(st);
+  }
 
   fmt::print("cluster \"{}\" (id {}) on {}\n", config->name, config->id, device);
   const auto* holder = rep->holder();
@@ -101,7 +98,7 @@ int run_status(const std::string& config_path, const std::string& device_arg) {
     const auto& s = beats.slots().at(slot);
     const auto key = device::node_reservation_key(config->id, n.id);
     const auto* reg = rep->find_key(key);
-    const bool moving = s.readable && beats.still_for(slot, t1).count() == 0;
+    const bool moving = beats.moved(slot);
     std::string state;
     const std::string local = first_line(node_state_path(config->id, n.id));
     if (local.starts_with("withdrawn")) {

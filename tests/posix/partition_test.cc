@@ -113,7 +113,8 @@ std::unique_ptr<MountedCluster> cluster_in(Namespaces& ns, int nodes) {
 
 TEST(PartitionTest, TheMajoritySurvivesAndTheCutOffNodeWritesNothingAfterTheFence) {
   Namespaces ns(3);
-  if (!ns.ok()) GTEST_SKIP() << "network namespaces are not available here";
+  ASSERT_TRUE(ns.ok()) << "could not create the network namespaces (ip netns, veth, bridge: root "
+                          "and iproute2 are needed)";
   auto c = cluster_in(ns, 3);
   ASSERT_TRUE(c->mount_all());
   testing::spit(c->path(1, "before"), "one");
@@ -201,7 +202,8 @@ TEST(PartitionTest, TheMajoritySurvivesAndTheCutOffNodeWritesNothingAfterTheFenc
 
 TEST(PartitionTest, OnATwoNodeSplitOnlyTheLowestIdSurvives) {
   Namespaces ns(2);
-  if (!ns.ok()) GTEST_SKIP() << "network namespaces are not available here";
+  ASSERT_TRUE(ns.ok()) << "could not create the network namespaces (ip netns, veth, bridge: root "
+                          "and iproute2 are needed)";
   auto c = cluster_in(ns, 2);
   ASSERT_TRUE(c->mount_all());
   ASSERT_TRUE(testing::write_fsync(c->path(2, "f"), "two", O_TRUNC));  // fsync: survives the fence
