@@ -2,6 +2,8 @@
 
 #include <future>
 
+#include <spdlog/spdlog.h>
+
 namespace sharedfs::dlm {
 
 namespace {
@@ -54,12 +56,13 @@ ClusterLockService::~ClusterLockService() {
   }
   flush_cv_.notify_all();
   flusher_.join();
-  if (withdrawn_) {
-    // Requests in flight may never be answered: the gate is left to the process's exit
-    // rather than waited for (its completions never run once node_ is gone).
+  if (withdrawn_ || !uncached_gate_->wait_idle(std::chrono::seconds(1))) {
+    // Requests in flight that nobody will answer (we withdrew, or left with some still
+    // going): the gate is left to the process's exit rather than waited for forever (its
+    // completions never run once node_ is gone).
     (void)uncached_gate_.release();
   }
-  uncached_gate_.reset();  // waits for its requests in flight, on the driver thread
+  uncached_gate_.reset();
   node_.reset();
 }
 
@@ -74,6 +77,14 @@ void ClusterLockService::flusher() {
     job();
     lock.lock();
   }
+}
+
+Status ClusterLockService::leave(std::chrono::milliseconds timeout) {
+  if (!withdrawn_ && !uncached_gate_->wait_idle(timeout)) {
+    spdlog::warn("node {}: open-lock requests still in flight when leaving the cluster",
+                 node_->self().id.value);
+  }
+  return node_->leave(timeout);
 }
 
 uint64_t ClusterLockService::fast_path_hits() const {

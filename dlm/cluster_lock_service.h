@@ -48,6 +48,10 @@ class ClusterLockService final : public LockService {
   Result<Lock> lock(LockName name, LockMode mode) override;
   Result<Lock> try_lock(LockName name, LockMode mode) override;
   DlmNode& node() { return *node_; }
+  // After the file system let go of every lock: waits for this node's uncached lock
+  // requests still in flight (they are answered only while we are a member), then leaves
+  // the cluster (DlmNode::leave).
+  Status leave(std::chrono::milliseconds timeout);
   // This node was fenced: every lock() and try_lock() from now on, and every one still
   // waiting, fails with kIoError; held locks stay until their guards go.
   void withdraw();

@@ -24,6 +24,7 @@ class LocalGate final : public NodeLockGate {
     return Status::ok();
   }
   void lower(const ResourceName&, LockMode, bool) override {}
+  bool wait_idle(std::chrono::milliseconds) override { return true; }
 };
 
 // One DLM lock per resource, requested on the driver thread. A request in flight marks
@@ -33,12 +34,17 @@ class DlmGate final : public NodeLockGate {
  public:
   explicit DlmGate(DlmNode& node) : node_(node) {}
 
+  // Requests in flight complete into entries_: wait for them. An owner whose requests can
+  // no longer complete (the node left or withdrew) asks wait_idle() first and, if it says
+  // no, leaves the gate undestroyed (ClusterLockService).
   ~DlmGate() override {
-    // Requests in flight complete into entries_: wait for them.
     std::unique_lock l(mu_);
-    cv_.wait(l, [&] {
-      return std::none_of(entries_.begin(), entries_.end(), [](const auto& e) { return e.second.busy; });
-    });
+    cv_.wait(l, [&] { return idle(); });
+  }
+
+  bool wait_idle(std::chrono::milliseconds timeout) override {
+    std::unique_lock l(mu_);
+    return cv_.wait_for(l, timeout, [&] { return idle(); });
   }
 
   Status raise(const ResourceName& r, LockMode mode, bool wait,
@@ -144,6 +150,10 @@ class DlmGate final : public NodeLockGate {
   DlmNode& node_;
   std::mutex mu_;
   std::condition_variable cv_;
+  // With mu_ held: no request in flight.
+  bool idle() const {
+    return std::none_of(entries_.begin(), entries_.end(), [](const auto& e) { return e.second.busy; });
+  }
   std::map<ResourceName, Entry> entries_;  // GUARDED_BY(mu_)
 };
 

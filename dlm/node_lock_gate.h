@@ -7,6 +7,7 @@
 // Thread-safety: all methods may be called from any thread.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
@@ -38,6 +39,10 @@ class NodeLockGate {
   // (one round trip, never another node), unless a raise is in flight (that one lowers
   // when it completes); without, it goes on in the background.
   virtual void lower(const ResourceName& name, LockMode mode, bool wait = true) = 0;
+  // Waits up to `timeout` until no request of this gate is in flight; false if one still
+  // is. Requests complete while the node is a cluster member: call it before the node
+  // leaves, after which nobody answers them.
+  virtual bool wait_idle(std::chrono::milliseconds timeout) = 0;
 };
 
 // A gate through the node's DLM (LockManager on the DlmNode's driver thread). The DlmNode

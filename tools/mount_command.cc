@@ -288,7 +288,7 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
     }
     if (!st) {
       report(fmt::format("sharedfs: {}\n", st.to_string()));
-      if (membership) (void)membership->locks->node().leave(membership->leave_timeout);
+      if (membership) (void)membership->locks->leave(membership->leave_timeout);
       return 1;
     }
     // Recovery of failed nodes starts before our own mount: it may need locks that a node
@@ -327,7 +327,7 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
     if (!membership) return;
     failures.reset();
     if (!withdrawal.happened()) {
-      Status st = membership->locks->node().leave(membership->leave_timeout);
+      Status st = membership->locks->leave(membership->leave_timeout);
       if (!st) spdlog::warn("leaving the cluster: {}", st.to_string());
       if (clean) {
         st = cluster::unregister_node(*dev->reservations, sb.cluster_id, args.node);
@@ -399,9 +399,11 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
   });
   if (!st && !mounted) report(fmt::format("sharedfs: {}\n", st.to_string()));
   advisory_locks.reset();  // the session is over: nobody holds or waits for one
-  // A withdrawn node's requests in flight are never answered: do not wait for them (the
-  // gate is left to the process's exit; its completions never run once the DLM stops).
-  if (withdrawal.happened()) (void)lock_gate.release();
+  // Requests in flight that will never be answered (we withdrew): not waited for; the
+  // gate is left to the process's exit (its completions never run once the DLM stops).
+  if (lock_gate && (withdrawal.happened() || !lock_gate->wait_idle(membership->leave_timeout))) {
+    (void)lock_gate.release();
+  }
   lock_gate.reset();
   // Recovery of other nodes uses the file system: stopped before it goes.
   failures.reset();
