@@ -40,16 +40,16 @@ class Namespaces {
     prefix_ = "sfp" + std::to_string(getpid() % 100000);
     const int net = getpid() % 200 + 20;
     ok_ = sh("ip netns add " + br()) &&
-          sh("ip -n " + br() + " link add br0 type bridge") &&
-          sh("ip -n " + br() + " link set br0 up");
+          sh(ip_in(br()) + "link add br0 type bridge") &&
+          sh(ip_in(br()) + "link set br0 up");
     for (int i = 1; ok_ && i <= n; ++i) {
       const std::string ns = node_ns(i), v = prefix_ + "v" + std::to_string(i), b = peer(i);
       hosts_.push_back("10.231." + std::to_string(net) + "." + std::to_string(i));
       ok_ = sh("ip netns add " + ns) && sh("ip link add " + v + " type veth peer name " + b) &&
             sh("ip link set " + v + " netns " + ns) && sh("ip link set " + b + " netns " + br()) &&
-            sh("ip -n " + br() + " link set " + b + " master br0 up") &&
-            sh("ip -n " + ns + " addr add " + hosts_.back() + "/24 dev " + v) &&
-            sh("ip -n " + ns + " link set " + v + " up") && sh("ip -n " + ns + " link set lo up");
+            sh(ip_in(br()) + "link set " + b + " master br0 up") &&
+            sh(ip_in(ns) + "addr add " + hosts_.back() + "/24 dev " + v) &&
+            sh(ip_in(ns) + "link set " + v + " up") && sh(ip_in(ns) + "link set lo up");
     }
   }
   ~Namespaces() {
@@ -61,8 +61,8 @@ class Namespaces {
   std::vector<std::string> enter(int node) const {
     return {"nsenter", "--net=/run/netns/" + node_ns(node)};
   }
-  void cut(int node) { EXPECT_TRUE(sh("ip -n " + br() + " link set " + peer(node) + " down")); }
-  void heal(int node) { EXPECT_TRUE(sh("ip -n " + br() + " link set " + peer(node) + " up")); }
+  void cut(int node) { EXPECT_TRUE(sh(ip_in(br()) + "link set " + peer(node) + " down")); }
+  void heal(int node) { EXPECT_TRUE(sh(ip_in(br()) + "link set " + peer(node) + " up")); }
 
  private:
   static bool sh(const std::string& cmd) {
@@ -70,6 +70,9 @@ class Namespaces {
     if (r.rc != 0) std::fprintf(stderr, "%s: %s\n", cmd.c_str(), r.out.c_str());
     return r.rc == 0;
   }
+  // `ip` inside namespace `ns`. Not `ip -n`: that also makes a mount namespace and
+  // remounts / as a slave, which fails where / is not a mount point (a chroot).
+  static std::string ip_in(const std::string& ns) { return "nsenter --net=/run/netns/" + ns + " ip "; }
   std::string br() const { return prefix_ + "br"; }
   std::string node_ns(int i) const { return prefix_ + "n" + std::to_string(i); }
   std::string peer(int i) const { return prefix_ + "b" + std::to_string(i); }
