@@ -1,6 +1,6 @@
-// Advisory locks: the per-node table (fcntl ranges split and merged, flock modes) with a
-// gate that always grants, then two nodes over the DLM on 127.0.0.1, where locks conflict
-// across nodes per file.
+// Advisory locks: one node (fcntl ranges split and merged, flock modes) with local gates,
+// then two nodes over the DLM on 127.0.0.1, where record locks conflict across nodes by
+// byte range and flocks per file.
 #include "dlm/advisory_locks.h"
 
 #include <gtest/gtest.h>
@@ -26,7 +26,8 @@ int err(const Status& st) { return st.is_ok() ? 0 : st.to_errno(); }
 
 TEST(AdvisoryLocks, RecordLocksOfOneNodeConflictByRange) {
   auto gate = make_local_lock_gate();
-  AdvisoryLocks locks(*gate);
+  auto ranges = make_local_range_gate();
+  AdvisoryLocks locks(*gate, *ranges);
   ASSERT_OK(locks.set(1, rec(10, true, 0, 99), false, {}));
   EXPECT_EQ(err(locks.set(1, rec(20, false, 50, 60), false, {})), EAGAIN);
   EXPECT_OK(locks.set(1, rec(20, false, 100, 200), false, {}));
@@ -64,7 +65,8 @@ TEST(AdvisoryLocks, RecordLocksOfOneNodeConflictByRange) {
 
 TEST(AdvisoryLocks, AWaitingRecordLockIsGrantedWhenTheHolderLetsGoOrInterrupted) {
   auto gate = make_local_lock_gate();
-  AdvisoryLocks locks(*gate);
+  auto ranges = make_local_range_gate();
+  AdvisoryLocks locks(*gate, *ranges);
   ASSERT_OK(locks.set(1, rec(1, true, 0, UINT64_MAX), false, {}));
   auto waiter = std::async(std::launch::async, [&] { return locks.set(1, rec(2, false, 0, 0), true, {}); });
   EXPECT_EQ(waiter.wait_for(200ms), std::future_status::timeout);
@@ -81,7 +83,8 @@ TEST(AdvisoryLocks, AWaitingRecordLockIsGrantedWhenTheHolderLetsGoOrInterrupted)
 
 TEST(AdvisoryLocks, FlockModesOnOneNode) {
   auto gate = make_local_lock_gate();
-  AdvisoryLocks locks(*gate);
+  auto ranges = make_local_range_gate();
+  AdvisoryLocks locks(*gate, *ranges);
   ASSERT_OK(locks.flock(1, 100, false, false, {}));
   ASSERT_OK(locks.flock(1, 101, false, false, {}));
   EXPECT_EQ(err(locks.flock(1, 102, true, false, {})), EAGAIN);
@@ -97,41 +100,63 @@ struct TwoNodes {
   std::array<std::unique_ptr<ClusterLockService>, 2> svc = testing::start_two_lock_services(
       [](int) -> ClusterLockService::FlushHook { return [](const LockName&, LockMode) {}; });
   std::unique_ptr<NodeLockGate> gate[2];
+  std::unique_ptr<RangeLockGate> ranges[2];
   std::unique_ptr<AdvisoryLocks> locks[2];
 
   TwoNodes() {
     for (int i = 0; i < 2; ++i) {
       gate[i] = make_dlm_lock_gate(svc[i]->node());
-      locks[i] = std::make_unique<AdvisoryLocks>(*gate[i]);
+      ranges[i] = make_dlm_range_gate(svc[i]->node());
+      locks[i] = std::make_unique<AdvisoryLocks>(*gate[i], *ranges[i]);
     }
   }
   ~TwoNodes() {
     for (auto& l : locks) l.reset();
+    for (auto& r : ranges) r.reset();
     for (auto& g : gate) g.reset();
   }
 };
 
-TEST(AdvisoryLocks, RecordLocksConflictAcrossNodesPerFile) {
+TEST(AdvisoryLocks, RecordLocksConflictAcrossNodesByRange) {
   TwoNodes c;
   ASSERT_OK(c.locks[0]->set(5, rec(1, true, 0, 10), false, {}));
-  // Node 2 sees a lock it cannot name, and may not take one.
-  auto seen = c.locks[1]->test(5, rec(2, false, 100, 200));
+  // Node 2 locks other bytes of the file at once, and sees node 1's lock (pid 0: another
+  // host's pid means nothing here) where it is in the way.
+  EXPECT_OK(c.locks[1]->set(5, rec(2, true, 11, 20), false, {}));
+  auto seen = c.locks[1]->test(5, rec(2, false, 5, 200));
   ASSERT_OK(seen);
   ASSERT_TRUE(seen->has_value());
+  EXPECT_EQ((*seen)->start, 0u);
+  EXPECT_EQ((*seen)->end, 10u);
   EXPECT_EQ((*seen)->pid, 0u);
-  EXPECT_EQ(err(c.locks[1]->set(5, rec(2, false, 0, 0), false, {})), EAGAIN);
-  // Node 1's other owners still lock other ranges at once.
-  EXPECT_OK(c.locks[0]->set(5, rec(3, true, 20, 30), false, {}));
-  // A waiter on node 2 gets its lock once node 1's owners are done.
-  auto waiter = std::async(std::launch::async, [&] { return c.locks[1]->set(5, rec(2, true, 0, 0), true, {}); });
+  auto free_bytes = c.locks[1]->test(5, rec(3, false, 21, 200));
+  ASSERT_OK(free_bytes);
+  EXPECT_FALSE(free_bytes->has_value());
+  EXPECT_EQ(err(c.locks[1]->set(5, rec(2, false, 10, 10), false, {})), EAGAIN);
+  // Node 1's other owners lock other ranges at once.
+  EXPECT_OK(c.locks[0]->set(5, rec(3, true, 30, 40), false, {}));
+  // A waiter on node 2 gets its lock once node 1's owners in its way are done.
+  auto waiter = std::async(std::launch::async, [&] { return c.locks[1]->set(5, rec(2, true, 0, 35), true, {}); });
   EXPECT_EQ(waiter.wait_for(300ms), std::future_status::timeout);
   c.locks[0]->unlock(5, 1, 0, UINT64_MAX);
-  EXPECT_EQ(waiter.wait_for(300ms), std::future_status::timeout) << "owner 3 still holds 20..30";
+  EXPECT_EQ(waiter.wait_for(300ms), std::future_status::timeout) << "owner 3 still holds 30..40";
   c.locks[0]->unlock(5, 3, 0, UINT64_MAX);
   ASSERT_OK(waiter.get());
   EXPECT_EQ(err(c.locks[0]->set(5, rec(1, false, 0, 0), false, {})), EAGAIN);
+  EXPECT_OK(c.locks[0]->set(5, rec(1, true, 36, 36), false, {}));
+  // An interrupted wait returns EINTR and takes nothing.
+  std::atomic<bool> stop{false};
+  auto interrupted = std::async(std::launch::async, [&] {
+    return c.locks[0]->set(5, rec(4, true, 0, 0), true, [&] { return stop.load(); });
+  });
+  EXPECT_EQ(interrupted.wait_for(200ms), std::future_status::timeout);
+  stop = true;
+  EXPECT_EQ(err(interrupted.get()), EINTR);
   // Read locks are shared across nodes.
   c.locks[1]->unlock(5, 2, 0, UINT64_MAX);
+  auto none = c.locks[1]->test(5, rec(9, true, 0, 0));
+  ASSERT_OK(none);
+  EXPECT_FALSE(none->has_value()) << "the interrupted request must not hold byte 0";
   EXPECT_OK(c.locks[0]->set(5, rec(1, false, 0, 0), false, {}));
   EXPECT_OK(c.locks[1]->set(5, rec(2, false, 0, 0), false, {}));
 }

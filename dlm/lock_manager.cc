@@ -59,6 +59,16 @@ struct LockManager::Resource {
   std::deque<Queued> waiting;     // new locks, first come first served
 };
 
+// A range lock or test request waiting for its answer.
+struct LockManager::RangeRequest {
+  ResourceName name;
+  Op op = Op::kLock;  // kLock or kTest
+  RecordLock lock;
+  uint8_t flags = 0;
+  bool cancelled = false;
+  RangeCompletion done;
+};
+
 // Reliable, ordered delivery to one peer within one epoch: sequence numbers, cumulative
 // acknowledgements, go-back-N retransmission. A new epoch starts fresh links: whatever was
 // in flight is replaced by the recovery reports.
@@ -257,6 +267,8 @@ void LockManager::on_reply(const Message& m) {
       locks_.erase(it);
       break;
     case Op::kNone:
+    case Op::kTest:
+    case Op::kCancel:  // never a lock's request
       break;
   }
   defer(std::move(done), id, std::move(status));
@@ -334,6 +346,8 @@ void LockManager::on_request(const Message& m) {
       break;
     }
     case Op::kNone:
+    case Op::kTest:
+    case Op::kCancel:  // range requests only; the codec lets none through here
       ++stats_.dropped_stale;
       return;
   }
@@ -445,6 +459,172 @@ void LockManager::reply(const Member& owner, uint64_t lock_id, uint64_t req_id, 
 }
 
 // ---------------------------------------------------------------------------------------
+// Range locks (docs/dlm.md, "Range locks").
+
+uint64_t LockManager::range_lock(const ResourceName& name, RecordLock lock, bool wait,
+                                 RangeCompletion done) {
+  Scope scope(this);
+  lock.node = opts_.self.id.value;
+  const uint64_t req_id = next_req_id_++;
+  auto rr = std::make_unique<RangeRequest>();
+  rr->name = name;
+  rr->op = Op::kLock;
+  rr->lock = lock;
+  rr->flags = wait ? 0 : kFlagTry;
+  rr->done = std::move(done);
+  send_range_request(req_id, *rr);
+  range_requests_.emplace(req_id, std::move(rr));
+  return req_id;
+}
+
+void LockManager::range_cancel(uint64_t req_id) {
+  Scope scope(this);
+  auto it = range_requests_.find(req_id);
+  if (it == range_requests_.end() || it->second->op != Op::kLock || it->second->cancelled) return;
+  it->second->cancelled = true;
+  if (members_.empty()) return;
+  Message m;
+  m.type = MessageType::kRangeRequest;
+  m.req_id = req_id;
+  m.name = it->second->name;
+  m.op = Op::kCancel;
+  send(master_of(m.name, members_), std::move(m));
+}
+
+void LockManager::range_test(const ResourceName& name, RecordLock lock, RangeCompletion done) {
+  Scope scope(this);
+  lock.node = opts_.self.id.value;
+  const uint64_t req_id = next_req_id_++;
+  auto rr = std::make_unique<RangeRequest>();
+  rr->name = name;
+  rr->op = Op::kTest;
+  rr->lock = lock;
+  rr->done = std::move(done);
+  send_range_request(req_id, *rr);
+  range_requests_.emplace(req_id, std::move(rr));
+}
+
+void LockManager::range_unlock(const ResourceName& name, uint64_t owner, uint64_t start,
+                               uint64_t end, RangeCompletion done) {
+  Scope scope(this);
+  auto it = ranges_held_.find(name);
+  if (it == ranges_held_.end()) {
+    // Nothing held, so the master has nothing of ours either (a grant in flight is put
+    // here when it arrives).
+    if (done) callbacks_.push_back([done = std::move(done)] { done(Status::ok(), std::nullopt); });
+    return;
+  }
+  it->second.cut(opts_.self.id.value, owner, start, end);
+  if (it->second.empty()) ranges_held_.erase(it);
+  const uint64_t req_id = next_req_id_++;
+  auto rr = std::make_unique<RangeRequest>();
+  rr->name = name;
+  rr->op = Op::kUnlock;
+  rr->lock = RecordLock{.start = start, .end = end, .owner = owner, .node = opts_.self.id.value};
+  rr->done = std::move(done);
+  send_range_request(req_id, *rr);
+  range_requests_.emplace(req_id, std::move(rr));
+}
+
+std::vector<RecordLock> LockManager::ranges_held(const ResourceName& name) const {
+  auto it = ranges_held_.find(name);
+  return it == ranges_held_.end() ? std::vector<RecordLock>{} : it->second.held();
+}
+
+void LockManager::send_range_request(uint64_t req_id, const RangeRequest& rr) {
+  // Without a membership yet the request waits: set_membership() sends it.
+  if (members_.empty()) return;
+  ++stats_.range_requests;
+  Message m;
+  m.type = MessageType::kRangeRequest;
+  m.req_id = req_id;
+  m.name = rr.name;
+  m.op = rr.op;
+  m.flags = rr.flags;
+  m.range = rr.lock;
+  send(master_of(rr.name, members_), std::move(m));
+}
+
+void LockManager::range_reply(NodeId to, uint64_t req_id, ReplyResult result,
+                              std::optional<RecordLock> lock) {
+  Message m;
+  m.type = MessageType::kRangeReply;
+  m.req_id = req_id;
+  m.result = result;
+  m.range = lock;
+  send(to, std::move(m));
+}
+
+void LockManager::on_range_request(const Message& m) {
+  const uint32_t from = m.from.id.value;
+  RangeTable& table = range_tables_[m.name];
+  std::optional<RecordLock> lock = m.range;
+  if (lock) lock->node = from;  // the link says who sent it, whatever the body claims
+  switch (m.op) {
+    case Op::kLock:
+      if (auto c = table.conflict(*lock)) {
+        if (m.flags & kFlagTry) {
+          range_reply(m.from.id, m.req_id, ReplyResult::kNotGranted, c);
+        } else {
+          table.enqueue({*lock, m.req_id});
+        }
+      } else {
+        table.put(*lock);
+        range_reply(m.from.id, m.req_id, ReplyResult::kOk, std::nullopt);
+      }
+      break;
+    case Op::kTest:
+      range_reply(m.from.id, m.req_id, ReplyResult::kOk, table.conflict(*lock));
+      break;
+    case Op::kCancel:
+      // Too late when it was granted already: that reply is on its way.
+      if (table.cancel(from, m.req_id)) {
+        range_reply(m.from.id, m.req_id, ReplyResult::kNotGranted, std::nullopt);
+      }
+      break;
+    case Op::kUnlock:
+      table.cut(from, lock->owner, lock->start, lock->end);
+      range_reply(m.from.id, m.req_id, ReplyResult::kOk, std::nullopt);
+      for (const auto& w : table.grant_waiters()) {
+        range_reply(NodeId(w.lock.node), w.tag, ReplyResult::kOk, std::nullopt);
+      }
+      break;
+    default:
+      ++stats_.dropped_stale;  // the codec lets no other op through
+      break;
+  }
+  if (table.empty()) range_tables_.erase(m.name);
+}
+
+void LockManager::on_range_reply(const Message& m) {
+  auto it = range_requests_.find(m.req_id);
+  if (it == range_requests_.end()) {
+    ++stats_.dropped_stale;
+    return;
+  }
+  std::unique_ptr<RangeRequest> rr = std::move(it->second);
+  range_requests_.erase(it);
+  Status status;
+  if (rr->op == Op::kLock) {
+    if (m.result == ReplyResult::kOk) {
+      ranges_held_[rr->name].put(rr->lock);
+    } else if (rr->cancelled && !m.range) {
+      status = Status(Code::kBusy,
+                      fmt::format("wait for a record lock on {} interrupted", rr->name.to_string()),
+                      EINTR);
+    } else {
+      status = Status(Code::kBusy,
+                      fmt::format("record lock on {} held by another owner", rr->name.to_string()),
+                      EAGAIN);
+    }
+  }
+  std::optional<RecordLock> conflict = m.range;
+  callbacks_.push_back([done = std::move(rr->done), status = std::move(status), conflict] {
+    if (done) done(status, conflict);
+  });
+}
+
+// ---------------------------------------------------------------------------------------
 // Membership and recovery (docs/dlm.md, "Recovery").
 
 bool LockManager::is_member(const Member& m) const {
@@ -524,7 +704,45 @@ Status LockManager::set_membership(const Membership& membership) {
     r.lvb = cl->lvb;
     send(master_of(cl->name, members_), std::move(r));
   }
-  // 3. Tell everybody we are done; links are ordered, so this arrives after the above.
+  // 3. Range locks: every master's tables are rebuilt from the holders' reports, so the
+  //    ranges of departed nodes are gone; requests in flight are asked again.
+  range_tables_.clear();
+  for (const auto& [name, table] : ranges_held_) {
+    for (const RecordLock& held : table.held()) {
+      Message r;
+      r.type = MessageType::kRangeReport;
+      r.name = name;
+      r.range = held;
+      send(master_of(name, members_), std::move(r));
+    }
+  }
+  for (auto it = range_requests_.begin(); it != range_requests_.end();) {
+    RangeRequest& rr = *it->second;
+    if (rr.op == Op::kUnlock) {
+      // Done: the new master's table is built from our reports, which no longer have it.
+      callbacks_.push_back([done = std::move(rr.done)] {
+        if (done) done(Status::ok(), std::nullopt);
+      });
+      it = range_requests_.erase(it);
+      continue;
+    }
+    if (rr.cancelled) {
+      // Its waiter died with the old tables: nothing left to cancel.
+      callbacks_.push_back([done = std::move(rr.done), name = rr.name] {
+        if (done) {
+          done(Status(Code::kBusy,
+                      fmt::format("wait for a record lock on {} interrupted", name.to_string()),
+                      EINTR),
+               std::nullopt);
+        }
+      });
+      it = range_requests_.erase(it);
+      continue;
+    }
+    send_range_request(it->first, rr);
+    ++it;
+  }
+  // 4. Tell everybody we are done; links are ordered, so this arrives after the above.
   Message done;
   done.type = MessageType::kReportsDone;
   done.members.assign(pending_replay_.begin(), pending_replay_.end());
@@ -593,7 +811,7 @@ void LockManager::finish_recovery() {
   reports_.clear();
   std::vector<Message> held = std::move(held_requests_);
   held_requests_.clear();
-  for (const Message& m : held) on_request(m);
+  for (const Message& m : held) dispatch(m);
 }
 
 void LockManager::rebuild(Resource& res, bool had_record, std::vector<Message>& reports) {
@@ -662,6 +880,9 @@ void LockManager::rebuild(Resource& res, bool had_record, std::vector<Message>& 
       case Op::kUnlock:
         if (r.has_lvb) write_back(res, r.lvb);
         reply(r.from, r.lock_id, r.req_id, ReplyResult::kOk, LockMode::kNL, res.lvb);
+        break;
+      case Op::kTest:
+      case Op::kCancel:  // range requests only
         break;
     }
   }
@@ -783,10 +1004,28 @@ void LockManager::dispatch(const Message& m) {
     case MessageType::kAck:
       break;
     case MessageType::kRequest:
+    case MessageType::kRangeRequest:
+      // Served once the tables are rebuilt (a range request needs the reports in too).
       if (recovering_) {
         held_requests_.push_back(m);
-      } else {
+      } else if (m.type == MessageType::kRequest) {
         on_request(m);
+      } else {
+        on_range_request(m);
+      }
+      break;
+    case MessageType::kRangeReply:
+      on_range_reply(m);
+      break;
+    case MessageType::kRangeReport:
+      if (!recovering_) {
+        ++stats_.dropped_stale;
+        break;
+      }
+      if (m.range) {
+        RecordLock held = *m.range;
+        held.node = m.from.id.value;
+        range_tables_[m.name].put(held);
       }
       break;
     case MessageType::kReply:

@@ -19,6 +19,12 @@
 // node's locks, that lock's BlockingCallback runs with the waiting mode. Lock caching
 // (LockCache) builds on it.
 //
+// Range locks (POSIX record locks, dlm/range_table.h) live beside the locks: one table per
+// resource at its master, which decides every node's requests by byte range. A node
+// reports its owners' ranges to the new masters at each membership change, so a departed
+// node's ranges go with it. Range locks are never held back for a replay: they guard no
+// disk contents.
+//
 // Membership comes from outside: set_membership() on every change; journal_replayed() when
 // a departed member's journal has been replayed (call both on every node). Between the two,
 // resources the departed member may have held in EX are not granted to anyone.
@@ -44,6 +50,7 @@
 #include "dlm/lock_service.h"
 #include "dlm/membership.h"
 #include "dlm/message.h"
+#include "dlm/range_table.h"
 #include "dlm/resource_name.h"
 #include "dlm/transport.h"
 
@@ -53,6 +60,11 @@ using LockId = StrongId<struct LockIdTag, uint64_t>;
 // Gets the lock's id too: a request mastered locally may complete before lock() returns.
 using Completion = std::function<void(LockId id, const Status& status)>;
 using BlockingCallback = std::function<void(LockMode waiting)>;
+
+// A range lock request's outcome: ok (granted; for a test, `conflict` is the lock in the
+// way or nullopt), or kBusy with errno EAGAIN (a try in the way of `conflict`) or EINTR
+// (a wait cancelled).
+using RangeCompletion = std::function<void(const Status& status, std::optional<RecordLock> conflict)>;
 
 struct LockFlags {
   // Fail with kBusy instead of waiting when the request cannot be granted at once.
@@ -85,6 +97,7 @@ struct LockManagerStats {
   uint64_t dropped_stale = 0;  // replies or blocking callbacks for requests no longer pending
   uint64_t heartbeats = 0;     // handed to LockManagerOptions::on_heartbeat
   uint64_t requests = 0;       // lock, convert and unlock requests this node made as a client
+  uint64_t range_requests = 0;  // range lock, test and unlock requests made as a client
 };
 
 class LockManager {
@@ -112,6 +125,19 @@ class LockManager {
   // EX holders only: sets the copy that is written back at down-convert or unlock.
   Status set_value_block(LockId id, std::span<const uint8_t> bytes);
 
+  // --- Range locks ---
+  // Asks for `lock` (its `node` is set to this node) on the range table `name`. Without
+  // `wait`, a conflict fails at once. Returns the request's id, for range_cancel().
+  uint64_t range_lock(const ResourceName& name, RecordLock lock, bool wait, RangeCompletion done);
+  // A waiting range_lock() gives up: it completes with EINTR, or ok if it was granted first.
+  void range_cancel(uint64_t req_id);
+  // F_GETLK: completes ok with the lock that would keep `lock` from being granted, if any.
+  void range_test(const ResourceName& name, RecordLock lock, RangeCompletion done);
+  // Takes [start, end] out of `owner`'s ranges: at once here; `done` (may be empty) runs
+  // when the master has done so too, after which another node's request sees it gone.
+  void range_unlock(const ResourceName& name, uint64_t owner, uint64_t start, uint64_t end,
+                    RangeCompletion done = {});
+
   // --- Cluster ---
   // A new epoch. `membership.epoch` must grow and the list must contain this node.
   Status set_membership(const Membership& membership);
@@ -138,6 +164,10 @@ class LockManager {
   // Messages sent but not acknowledged yet.
   size_t unacknowledged() const;
   size_t lock_count() const { return locks_.size(); }
+  // Range requests (locks, tests, unlocks) waiting for their answer.
+  size_t pending_range_requests() const { return range_requests_.size(); }
+  // This node's owners' ranges on `name`.
+  std::vector<RecordLock> ranges_held(const ResourceName& name) const;
   size_t mastered_resources() const { return resources_.size(); }
   // Departed members whose journals are not replayed yet, as this node knows them.
   const std::set<Member>& awaiting_replay() const { return pending_replay_; }
@@ -149,6 +179,7 @@ class LockManager {
   struct Queued;
   struct Resource;
   struct Link;
+  struct RangeRequest;
   class Scope;
 
   // Client.
@@ -165,6 +196,11 @@ class LockManager {
   void reply(const Member& owner, uint64_t lock_id, uint64_t req_id, ReplyResult result,
              LockMode mode, const LockValueBlock& lvb);
   static void write_back(Resource& res, const LockValueBlock& lvb);
+  // Range locks.
+  void send_range_request(uint64_t req_id, const RangeRequest& rr);
+  void on_range_request(const Message& m);
+  void on_range_reply(const Message& m);
+  void range_reply(NodeId to, uint64_t req_id, ReplyResult result, std::optional<RecordLock> lock);
   // Recovery.
   void on_record(const Message& m);
   void on_reports_done(const Message& m);
@@ -203,6 +239,13 @@ class LockManager {
   std::map<ResourceName, std::vector<Message>> reports_;
   // Requests that reached us while recovering; served in arrival order afterwards.
   std::vector<Message> held_requests_;
+
+  // Range locks. Client: our owners' ranges (reported at each membership change) and the
+  // requests waiting for an answer. Master: the tables of the names mastered here, rebuilt
+  // from the reports at each change.
+  std::map<ResourceName, RangeTable> ranges_held_;
+  std::map<uint64_t, std::unique_ptr<RangeRequest>> range_requests_;
+  std::map<ResourceName, RangeTable> range_tables_;
 
   std::map<NodeId, std::unique_ptr<Link>> links_;
   // Messages to ourselves and completions waiting to run: both run at the end of the

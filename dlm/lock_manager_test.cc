@@ -524,5 +524,168 @@ TEST(LockCache, CachedRelockSendsNothingAndBlockingCallbackFlushesFirst) {
   EXPECT_EQ(cache0.cached_mode(r), PR);
 }
 
+// Records range lock completions.
+struct RangeOutcome {
+  int calls = 0;
+  Status status;
+  std::optional<RecordLock> conflict;
+  RangeCompletion fn() {
+    return [this](const Status& s, std::optional<RecordLock> c) {
+      ++calls;
+      status = s;
+      conflict = c;
+    };
+  }
+  bool granted() const { return calls == 1 && status.is_ok(); }
+  int err() const { return status.is_ok() ? 0 : status.to_errno(); }
+};
+
+RecordLock range(uint64_t owner, bool write, uint64_t start, uint64_t end) {
+  return RecordLock{.write = write, .start = start, .end = end, .owner = owner, .pid = 100 + static_cast<uint32_t>(owner)};
+}
+
+TEST(RangeLocks, ConflictByRangeAcrossNodesAndWaitersAreGrantedInTurn) {
+  TestCluster c(3);
+  for (size_t master = 0; master < 3; ++master) {
+    SCOPED_TRACE(::testing::Message() << "master " << master);
+    const ResourceName r = mastered_by(c, master, 1000 * (master + 1));
+    RangeOutcome a, b, t, w;
+    c[0].range_lock(r, range(1, true, 0, 99), false, a.fn());
+    // Disjoint ranges of one file: both granted, whichever nodes.
+    c[1].range_lock(r, range(1, true, 100, 199), false, b.fn());
+    c.run();
+    EXPECT_TRUE(a.granted());
+    EXPECT_TRUE(b.granted());
+    // A test names the lock in the way, with its node and pid.
+    c[2].range_test(r, range(7, false, 150, 150), t.fn());
+    c.run();
+    ASSERT_TRUE(t.granted());
+    ASSERT_TRUE(t.conflict.has_value());
+    EXPECT_EQ(t.conflict->node, 2u);
+    EXPECT_EQ(t.conflict->pid, 101u);
+    EXPECT_EQ(t.conflict->start, 100u);
+    // A try across both: refused with the first lock in the way.
+    RangeOutcome no;
+    c[2].range_lock(r, range(7, false, 50, 150), false, no.fn());
+    c.run();
+    EXPECT_EQ(no.err(), EAGAIN);
+    ASSERT_TRUE(no.conflict.has_value());
+    // A waiter is granted once both holders let go, not before.
+    c[2].range_lock(r, range(7, false, 50, 150), true, w.fn());
+    c.run();
+    EXPECT_EQ(w.calls, 0);
+    RangeOutcome unlocked;
+    c[0].range_unlock(r, 1, 0, 99, unlocked.fn());
+    c.run();
+    EXPECT_TRUE(unlocked.granted()) << "an unlock completes when the master has done it";
+    EXPECT_EQ(w.calls, 0);
+    // Unlocking part of a lock splits it: 100..149 still holds the waiter back.
+    c[1].range_unlock(r, 1, 150, 199);
+    c.run();
+    EXPECT_EQ(w.calls, 0);
+    c[1].range_unlock(r, 1, 0, UINT64_MAX);
+    c.run();
+    EXPECT_TRUE(w.granted());
+    EXPECT_EQ(c[2].ranges_held(r).size(), 1u);
+    // Read locks share.
+    RangeOutcome shared;
+    c[0].range_lock(r, range(2, false, 0, UINT64_MAX), false, shared.fn());
+    c.run();
+    EXPECT_TRUE(shared.granted());
+    c[0].range_unlock(r, 2, 0, UINT64_MAX);
+    c[2].range_unlock(r, 7, 0, UINT64_MAX);
+    c.run();
+  }
+}
+
+TEST(RangeLocks, ACancelledWaitEndsWithEintrAndTakesNothing) {
+  TestCluster c(2);
+  const ResourceName r = mastered_by(c, 1);
+  RangeOutcome a, w, after;
+  c[1].range_lock(r, range(1, true, 0, 0), false, a.fn());
+  c.run();
+  ASSERT_TRUE(a.granted());
+  const uint64_t id = c[0].range_lock(r, range(2, true, 0, 0), true, w.fn());
+  c.run();
+  c[0].range_cancel(id);
+  c.run();
+  EXPECT_EQ(w.err(), EINTR);
+  c[1].range_unlock(r, 1, 0, 0);
+  c.run();
+  EXPECT_TRUE(c[0].ranges_held(r).empty());
+  c[1].range_lock(r, range(1, true, 0, 0), false, after.fn());
+  c.run();
+  EXPECT_TRUE(after.granted()) << "the cancelled waiter must not have been granted";
+}
+
+TEST(RangeLocks, ADepartedNodesRangesGoAndTheSurvivorsAreRebuiltAtTheNewMaster) {
+  // For each master, the dying node included: node 3 (index 2) holds a lock and dies; node
+  // 1 holds another, node 2 waits behind node 3's. After the change node 2 is granted and
+  // node 1's lock still holds.
+  for (size_t master = 0; master < 3; ++master) {
+    SCOPED_TRACE(::testing::Message() << "master " << master);
+    TestCluster cl(3);
+    const ResourceName r = mastered_by(cl, master);
+    RangeOutcome held1, held3, waiting2, blocked;
+    cl[0].range_lock(r, range(1, true, 0, 9), false, held1.fn());
+    cl[2].range_lock(r, range(3, true, 10, 19), false, held3.fn());
+    cl.run();
+    ASSERT_TRUE(held1.granted());
+    ASSERT_TRUE(held3.granted());
+    cl[1].range_lock(r, range(2, true, 15, 15), true, waiting2.fn());
+    cl.run();
+    EXPECT_EQ(waiting2.calls, 0);
+    cl.crash(2);
+    EXPECT_TRUE(waiting2.granted());
+    cl[1].range_lock(r, range(2, false, 5, 5), false, blocked.fn());
+    cl.run();
+    EXPECT_EQ(blocked.err(), EAGAIN) << "node 1's range must survive the rebuild";
+    ASSERT_TRUE(blocked.conflict.has_value());
+    EXPECT_EQ(blocked.conflict->node, 1u);
+  }
+}
+
+TEST(RangeLocks, TheCodecCarriesRangeMessagesAndRejectsBadOnes) {
+  MessageCodec codec("secret");
+  Message m;
+  m.type = MessageType::kRangeRequest;
+  m.epoch = 3;
+  m.from = Member{NodeId(1), 1};
+  m.to = NodeId(2);
+  m.seq = 1;
+  m.req_id = 42;
+  m.name = res(7);
+  m.op = Op::kLock;
+  m.flags = kFlagTry;
+  m.range = range(9, true, 10, UINT64_MAX);
+  auto back = codec.decode(codec.encode(m));
+  ASSERT_OK(back);
+  EXPECT_EQ(back->op, Op::kLock);
+  ASSERT_TRUE(back->range.has_value());
+  EXPECT_EQ(back->range->end, UINT64_MAX);
+  EXPECT_EQ(back->range->owner, 9u);
+  EXPECT_TRUE(back->range->write);
+  // A range that ends before it starts, and a lock without a range, are malformed.
+  Message bad = m;
+  bad.range->end = 5;
+  EXPECT_FALSE(codec.decode(codec.encode(bad)).is_ok());
+  bad = m;
+  bad.range.reset();
+  EXPECT_FALSE(codec.decode(codec.encode(bad)).is_ok());
+  bad = m;
+  bad.op = Op::kConvert;
+  EXPECT_FALSE(codec.decode(codec.encode(bad)).is_ok());
+  Message reply;
+  reply.type = MessageType::kRangeReply;
+  reply.req_id = 42;
+  reply.result = ReplyResult::kNotGranted;
+  reply.range = range(3, false, 0, 0);
+  auto r2 = codec.decode(codec.encode(reply));
+  ASSERT_OK(r2);
+  EXPECT_EQ(r2->result, ReplyResult::kNotGranted);
+  ASSERT_TRUE(r2->range.has_value());
+  EXPECT_EQ(r2->range->pid, 103u);
+}
+
 }  // namespace
 }  // namespace sharedfs::dlm

@@ -30,6 +30,12 @@ std::string_view message_type_name(MessageType type) {
       return "reports-done";
     case MessageType::kHeartbeat:
       return "heartbeat";
+    case MessageType::kRangeRequest:
+      return "range-request";
+    case MessageType::kRangeReply:
+      return "range-reply";
+    case MessageType::kRangeReport:
+      return "range-report";
   }
   return "?";
 }
@@ -70,6 +76,18 @@ class Writer {
     SHAREDFS_CHECK(ms.size() <= kMaxListedMembers, "member list too long to encode");
     u8(static_cast<uint8_t>(ms.size()));
     for (const Member& m : ms) member(m);
+  }
+  void range(const RecordLock& r) {
+    u8(r.write ? 1 : 0);
+    u64(r.start);
+    u64(r.end);
+    u64(r.owner);
+    u32(r.pid);
+    u32(r.node);
+  }
+  void optional_range(const std::optional<RecordLock>& r) {
+    u8(r ? 1 : 0);
+    if (r) range(*r);
   }
 
  private:
@@ -143,6 +161,21 @@ class Reader {
     for (uint8_t i = 0; i < n; ++i) ms.push_back(member());
     return ms;
   }
+  RecordLock range() {
+    RecordLock l;
+    l.write = flag();
+    l.start = u64();
+    l.end = u64();
+    l.owner = u64();
+    l.pid = u32();
+    l.node = u32();
+    if (l.end < l.start) ok_ = false;
+    return l;
+  }
+  std::optional<RecordLock> optional_range() {
+    if (!flag()) return std::nullopt;
+    return range();
+  }
 
  private:
   bool need(size_t n) {
@@ -209,12 +242,28 @@ void write_body(const Message& m, Writer& w) {
       w.members(m.members);
       w.members(m.replayed);
       break;
+    case MessageType::kRangeRequest:
+      w.u64(m.req_id);
+      w.name(m.name);
+      w.u8(static_cast<uint8_t>(m.op));
+      w.u8(m.flags);
+      w.optional_range(m.range);
+      break;
+    case MessageType::kRangeReply:
+      w.u64(m.req_id);
+      w.u8(static_cast<uint8_t>(m.result));
+      w.optional_range(m.range);
+      break;
+    case MessageType::kRangeReport:
+      w.name(m.name);
+      w.optional_range(m.range);
+      break;
   }
 }
 
-Op read_op(Reader& r) {
+Op read_op(Reader& r, Op last = Op::kUnlock) {
   const uint8_t v = r.u8();
-  if (v > static_cast<uint8_t>(Op::kUnlock)) r.fail();
+  if (v > static_cast<uint8_t>(last)) r.fail();
   return static_cast<Op>(v);
 }
 
@@ -280,6 +329,29 @@ void read_body(Message& m, Reader& r) {
       if ((m.flags & ~kFlagLeaving) != 0) r.fail();
       m.members = r.members();
       m.replayed = r.members();
+      break;
+    case MessageType::kRangeRequest:
+      m.req_id = r.u64();
+      m.name = r.name();
+      m.op = read_op(r, Op::kCancel);
+      if (m.op == Op::kNone || m.op == Op::kConvert) r.fail();
+      m.flags = r.u8();
+      if ((m.flags & ~kFlagTry) != 0) r.fail();
+      m.range = r.optional_range();
+      if (!m.range && m.op != Op::kCancel) r.fail();  // only a cancel names no range
+      break;
+    case MessageType::kRangeReply: {
+      m.req_id = r.u64();
+      const uint8_t res = r.u8();
+      if (res > static_cast<uint8_t>(ReplyResult::kNotGranted)) r.fail();
+      m.result = static_cast<ReplyResult>(res);
+      m.range = r.optional_range();
+      break;
+    }
+    case MessageType::kRangeReport:
+      m.name = r.name();
+      m.range = r.optional_range();
+      if (!m.range) r.fail();
       break;
   }
 }
@@ -369,7 +441,7 @@ Result<Message> MessageCodec::decode(std::span<const std::byte> bytes) const {
   Message m;
   const uint8_t type = h.u8();
   if (type < static_cast<uint8_t>(MessageType::kAck) ||
-      type > static_cast<uint8_t>(MessageType::kHeartbeat)) {
+      type > static_cast<uint8_t>(MessageType::kRangeReport)) {
     return make_status(Code::kCorruption, "dlm message of unknown type {}", type);
   }
   m.type = static_cast<MessageType>(type);

@@ -21,6 +21,7 @@
 #include "common/status.h"
 #include "dlm/lock_service.h"
 #include "dlm/membership.h"
+#include "dlm/range_table.h"
 #include "dlm/resource_name.h"
 
 // OpenSSL's EVP_MAC_CTX and EVP_MAC, by their struct tags: this header does not pull
@@ -46,10 +47,15 @@ enum class MessageType : uint8_t {
   kRecord = 6,       // recovery, old master -> new master: a resource's value block and holds
   kReportsDone = 7,  // recovery: the sender has sent all its reports and records to you
   kHeartbeat = 8,    // membership (dlm/membership_agent.h), outside the link layer: seq 0
+  // Range locks (POSIX record locks, dlm/range_table.h), mastered like other resources:
+  kRangeRequest = 9,  // client -> master: lock, test, unlock a range, or cancel a wait
+  kRangeReply = 10,   // master -> client: the outcome of a lock or test
+  kRangeReport = 11,  // recovery, client -> new master: one range this node's owner holds
 };
 std::string_view message_type_name(MessageType type);
 
-enum class Op : uint8_t { kNone = 0, kLock = 1, kConvert = 2, kUnlock = 3 };
+// kTest and kCancel: range requests only.
+enum class Op : uint8_t { kNone = 0, kLock = 1, kConvert = 2, kUnlock = 3, kTest = 4, kCancel = 5 };
 
 enum class ReplyResult : uint8_t {
   kOk = 0,          // granted (lock, up-convert) or done (down-convert, unlock)
@@ -72,14 +78,19 @@ struct Message {
 
   // Request, Reply, Blocking, Report.
   uint64_t lock_id = 0;
-  // Request, Reply, Report (the request in progress on that lock).
+  // Request, Reply, Report (the request in progress on that lock); RangeRequest (kCancel:
+  // the lock request to cancel), RangeReply.
   uint64_t req_id = 0;
-  // Request, Report, Record.
+  // Request, Report, Record, RangeRequest, RangeReport.
   ResourceName name;
-  // Request, Report.
+  // Request, Report, RangeRequest.
   Op op = Op::kNone;
-  // Request, Report, Heartbeat.
+  // Request, Report, Heartbeat, RangeRequest.
   uint8_t flags = 0;
+  // RangeRequest (kLock, kTest: the lock wanted; kUnlock: owner and range), RangeReport
+  // (a lock held), RangeReply (the lock in the way, if any). `node` travels but the
+  // receiver trusts the link's sender instead.
+  std::optional<RecordLock> range;
   // Request, Report: the mode asked for. Reply: the mode granted. Blocking: the mode of
   // the request that waits.
   LockMode mode = LockMode::kNL;
@@ -89,7 +100,7 @@ struct Message {
   bool has_lvb = false;
   // Reply, Record, Report (the client's copy) and Request when has_lvb.
   LockValueBlock lvb;
-  // Reply.
+  // Reply, RangeReply.
   ReplyResult result = ReplyResult::kOk;
   // Record: the EX holder when the old master stopped serving the resource.
   std::optional<Member> ex_holder;

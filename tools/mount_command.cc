@@ -373,10 +373,12 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
   fo.cluster = config.has_value();
   // flock and fcntl locks conflict across the cluster's nodes.
   std::unique_ptr<dlm::NodeLockGate> lock_gate;
+  std::unique_ptr<dlm::RangeLockGate> range_gate;
   std::unique_ptr<dlm::AdvisoryLocks> advisory_locks;
   if (membership) {
     lock_gate = dlm::make_dlm_lock_gate(membership->locks->node());
-    advisory_locks = std::make_unique<dlm::AdvisoryLocks>(*lock_gate);
+    range_gate = dlm::make_dlm_range_gate(membership->locks->node());
+    advisory_locks = std::make_unique<dlm::AdvisoryLocks>(*lock_gate, *range_gate);
     fo.advisory_locks = advisory_locks.get();
   }
   fo.mountpoint = args.mountpoint;
@@ -399,6 +401,7 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
   });
   if (!st && !mounted) report(fmt::format("sharedfs: {}\n", st.to_string()));
   advisory_locks.reset();  // the session is over: nobody holds or waits for one
+  range_gate.reset();
   // Requests in flight that will never be answered (we withdrew): not waited for; the
   // gate is left to the process's exit (its completions never run once the DLM stops).
   if (lock_gate && (withdrawal.happened() || !lock_gate->wait_idle(membership->leave_timeout))) {

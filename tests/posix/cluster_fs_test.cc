@@ -320,25 +320,45 @@ TEST_F(ClusterFsTest, FlockAndFcntlLocksConflictAcrossNodes) {
   }
   EXPECT_TRUE(shared) << "node 2's flock outlived its close by 2 s";
   ASSERT_EQ(flock(a, LOCK_UN), 0);
-  // fcntl: a write lock on node 1 is reported to node 3 (whole file, pid unknown) and
-  // refused there; closing the descriptor on node 1 drops it.
-  struct flock lk {};
-  lk.l_type = F_WRLCK;
-  lk.l_whence = SEEK_SET;
-  lk.l_start = 0;
-  lk.l_len = 10;
+  // fcntl: byte ranges conflict across nodes as on one host. Node 1 write-locks 0..9;
+  // node 3 sees exactly that range (pid 0: another host's), is refused there, and locks
+  // bytes 10..19 at once; closing the descriptor on node 1 drops its lock.
+  auto range = [](short type, off_t start, off_t len) {
+    struct flock l {};
+    l.l_type = type;
+    l.l_whence = SEEK_SET;
+    l.l_start = start;
+    l.l_len = len;
+    return l;
+  };
+  struct flock lk = range(F_WRLCK, 0, 10);
   ASSERT_EQ(fcntl(a, F_SETLK, &lk), 0);
   int c = open(p(3, "f").c_str(), O_RDWR);
   ASSERT_GE(c, 0);
-  struct flock q {};
-  q.l_type = F_RDLCK;
-  q.l_whence = SEEK_SET;
+  struct flock q = range(F_RDLCK, 0, 0);
   ASSERT_EQ(fcntl(c, F_GETLK, &q), 0);
   EXPECT_EQ(q.l_type, F_WRLCK);
-  struct flock r = lk;
-  r.l_type = F_RDLCK;
+  EXPECT_EQ(q.l_start, 0);
+  EXPECT_EQ(q.l_len, 10);
+  EXPECT_EQ(q.l_pid, 0);
+  struct flock beyond = range(F_WRLCK, 10, 0);
+  ASSERT_EQ(fcntl(c, F_GETLK, &beyond), 0);
+  EXPECT_EQ(beyond.l_type, F_UNLCK) << "bytes from 10 on are free";
+  struct flock r = range(F_RDLCK, 9, 2);
   EXPECT_EQ(fcntl(c, F_SETLK, &r), -1);
   EXPECT_TRUE(errno == EAGAIN || errno == EACCES) << strerror(errno);
+  struct flock next = range(F_WRLCK, 10, 10);
+  EXPECT_EQ(fcntl(c, F_SETLK, &next), 0) << "a disjoint range of another node: " << strerror(errno);
+  // Node 1's lock on 10..19 now waits for node 3 (F_SETLKW), and gets it when node 3
+  // unlocks.
+  auto blocked = std::async(std::launch::async, [a, range] {
+    struct flock w = range(F_WRLCK, 15, 1);
+    return fcntl(a, F_SETLKW, &w);
+  });
+  EXPECT_EQ(blocked.wait_for(std::chrono::milliseconds(300)), std::future_status::timeout);
+  struct flock un = range(F_UNLCK, 10, 10);
+  ASSERT_EQ(fcntl(c, F_SETLK, &un), 0);
+  EXPECT_EQ(blocked.get(), 0);
   close(a);
   EXPECT_EQ(fcntl(c, F_SETLK, &r), 0) << strerror(errno);
   close(c);
