@@ -101,6 +101,10 @@ class FuseDaemon {
           close(fd);
         }
       }
+      // The daemon must not inherit the test's descriptors: one that a test thread has
+      // open on another node's mount at the fork kept that mount busy for the daemon's
+      // life (the crash-loop test's unmount of node 1 failed with EBUSY about 1 run in 3).
+      close_range(3, ~0U, 0);
       for (const auto& [k, v] : env_) setenv(k.c_str(), v.c_str(), 1);
       std::vector<std::string> args = prefix_;
       for (std::string a : {std::string(SHAREDFS_BIN), std::string("mount"), std::string("-f"), image, mnt_}) {
@@ -129,6 +133,45 @@ class FuseDaemon {
     return false;
   }
 
+  // The processes with a descriptor, working directory or root under the mount point, one
+  // line each: what makes an unmount fail with EBUSY.
+  std::string holders() const {
+    std::string out;
+    const std::string prefix = mnt_ + "/";
+    auto under = [&](const std::string& target) { return target == mnt_ || target.rfind(prefix, 0) == 0; };
+    std::error_code ec;
+    // Processes come and go while we look: iterate without exceptions.
+    auto entries = [](const std::filesystem::path& dir) {
+      std::vector<std::filesystem::path> paths;
+      std::error_code e;
+      for (std::filesystem::directory_iterator it(dir, e), end; !e && it != end; it.increment(e)) {
+        paths.push_back(it->path());
+      }
+      return paths;
+    };
+    for (const auto& proc : entries("/proc")) {
+      const std::string pid = proc.filename();
+      if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+      std::vector<std::string> what;
+      for (const char* link : {"cwd", "root"}) {
+        auto t = std::filesystem::read_symlink(proc / link, ec);
+        if (!ec && under(t.string())) what.push_back(link);
+      }
+      for (const auto& fd : entries(proc / "fd")) {
+        auto t = std::filesystem::read_symlink(fd, ec);
+        if (!ec && under(t.string())) what.push_back("fd " + fd.filename().string() + " " + t.string());
+      }
+      if (what.empty()) continue;
+      std::ifstream comm(proc / "comm");
+      std::string name;
+      std::getline(comm, name);
+      out += "  pid " + pid + " (" + name + "):";
+      for (const auto& w : what) out += " " + w;
+      out += "\n";
+    }
+    return out.empty() ? "  (no process found)\n" : out;
+  }
+
   // Unmounts and waits for the daemon; false (and a test failure) when it did not exit
   // cleanly. A withdrawn node's daemon exits with an error by design: `expect_clean` false.
   bool stop(bool expect_clean = true) {
@@ -141,9 +184,14 @@ class FuseDaemon {
     }
     if (r.rc != 0) {
       // Still busy after 5 s: detach it, and if the daemon then still waits for requests
-      // (something keeps the lazily unmounted mount alive), abort its FUSE connection.
-      std::fprintf(stderr, "fusermount3 -u %s kept failing (%s): lazy unmount\n", mnt_.c_str(),
-                   r.out.c_str());
+      // (something keeps the lazily unmounted mount alive), abort its FUSE connection, so
+      // the test cleans up whatever went wrong.
+      const std::string held_by = holders();
+      std::fprintf(stderr, "fusermount3 -u %s kept failing (%s): lazy unmount; held by:\n%s",
+                   mnt_.c_str(), r.out.c_str(), held_by.c_str());
+      // A mount still in use when a test is done with it is the test's bug (the harness's
+      // own cause, descriptors inherited by daemons, is gone); a withdrawn node's may be.
+      if (expect_clean) ADD_FAILURE() << "unmount of " << mnt_ << " stayed busy for 5 s; held by:\n" << held_by;
       struct stat st {};
       const bool known = stat(mnt_.c_str(), &st) == 0;
       run_command("fusermount3 -u -z " + mnt_);
