@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include <optional>
 
@@ -209,6 +210,51 @@ Status check_no_unheard_live_node(device::BlockDevice& dev, const format::Superb
   return Status::ok();
 }
 
+// Reservation keys are per node, not per mount: a node restarted before the running nodes
+// fenced its previous mount would be fenced with it (its new key is the old one). So a
+// node whose slot says its last mount died (mounted and still, or fenced and not yet
+// recovered) waits for the others to finish, as long as some other node is alive on the
+// disk to do it; with nobody else alive it replays its own journal as after any crash.
+// A slot whose heartbeat still advances belongs to a live mount: prepare_own_slot refuses.
+Status wait_until_previous_mount_recovered(device::BlockDevice& dev, const format::Superblock& sb,
+                                           const cluster::ClusterConfig& config, uint32_t self) {
+  const uint32_t own = self - 1;
+  cluster::DiskHeartbeats beats;
+  RETURN_IF_ERROR(beats.sample(dev, sb, std::chrono::steady_clock::now()));
+  auto state = [&] { return beats.slots().at(own).beat.state; };
+  auto unrecovered = [&] {
+    const auto& s = beats.slots().at(own);
+    return s.readable && (s.beat.state == format::HeartbeatState::kMounted ||
+                          s.beat.state == format::HeartbeatState::kFenced);
+  };
+  if (!unrecovered()) return Status::ok();
+  RETURN_IF_ERROR(beats.sample_after_beats(dev, sb, config.heartbeat_interval));
+  if (beats.moved(own)) return Status::ok();
+  bool others_alive = false;
+  for (const auto& n : config.nodes) {
+    if (n.id != self && n.id - 1 < beats.slots().size() && beats.moved(n.id - 1)) others_alive = true;
+  }
+  if (!others_alive) return Status::ok();
+  const auto limit = 3 * config.heartbeat_timeout + std::chrono::seconds(10);
+  spdlog::info("node {}: its previous mount died and the running nodes have not recovered it yet "
+               "(slot {} is {}); waiting for them, up to {} ms",
+               self, own, format::heartbeat_state_name(state()), limit.count());
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (unrecovered()) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      return make_status(Code::kBusy,
+                         "node {}'s previous mount is not fenced and recovered by the running "
+                         "nodes after {} ms (slot {} is {}): see `sharedfs status`, and mount "
+                         "again once it shows node {} recovered",
+                         self, limit.count(), own, format::heartbeat_state_name(state()), self);
+    }
+    std::this_thread::sleep_for(config.heartbeat_interval);
+    RETURN_IF_ERROR(beats.sample(dev, sb, std::chrono::steady_clock::now()));
+  }
+  spdlog::info("node {}: the running nodes recovered its previous mount", self);
+  return Status::ok();
+}
+
 int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
   auto report = [&](const std::string& msg) {
     if (ready_fd >= 0) {
@@ -274,7 +320,8 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
   std::unique_ptr<cluster::FailureManager> failures;
   if (config) {
     mo.heartbeat_interval = config->heartbeat_interval;
-    Status st = cluster::register_node(*dev->reservations, sb.cluster_id, args.node);
+    Status st = wait_until_previous_mount_recovered(guard, sb, *config, args.node);
+    if (st) st = cluster::register_node(*dev->reservations, sb.cluster_id, args.node);
     if (st) st = fs::prepare_own_slot(guard, sb, slot, /*check_live=*/true);
     if (st) {
       auto joined = join_cluster(*config, args.node);

@@ -239,6 +239,26 @@ TEST(FailureTest, CrashLoopLosesNothingFsynced) {
   EXPECT_EQ(c.unmount_all(), 0);
 }
 
+// Reservation keys are per node: a node restarted before the others fenced its previous
+// mount waits until they recovered it, instead of being fenced along with it.
+TEST(FailureTest, ANodeRestartedBeforeItsFenceWaitsForItsRecoveryAndStays) {
+  MountedCluster c(3);
+  ASSERT_TRUE(c.mount_all());
+  ASSERT_TRUE(testing::write_fsync(c.path(2, "held"), "node 2's", O_TRUNC));
+  c.kill(2);
+  ASSERT_TRUE(c.mount(2)) << slurp(c.log(2));  // at once, well within the dead-node timeout
+  const std::string log = slurp(c.log(2));
+  EXPECT_NE(log.find("waiting for them"), std::string::npos) << log;
+  EXPECT_NE(log.find("recovered its previous mount"), std::string::npos) << log;
+  // Past another timeout, it is still a member that writes.
+  std::this_thread::sleep_for(2s);
+  ASSERT_TRUE(testing::write_fsync(c.path(2, "after"), "still here", O_TRUNC)) << slurp(c.log(2));
+  EXPECT_EQ(slurp(c.path(1, "after")), "still here");
+  EXPECT_EQ(slurp(c.path(3, "held")), "node 2's");
+  EXPECT_EQ(slurp(c.log(2)).find("withdraws"), std::string::npos) << slurp(c.log(2));
+  EXPECT_EQ(c.unmount_all(), 0);
+}
+
 // The crash-loop test restarts daemons while writers on other nodes have files open: a
 // daemon must not inherit those descriptors, or the other node's mount stays busy for the
 // daemon's life and its unmount fails with EBUSY (seen about 1 run in 3 before the harness
