@@ -7,6 +7,16 @@
 //     flagged invalid (and it must be invalid after an EX holder died with it);
 //   - nothing is granted on a resource a dead node held in EX before journal_replayed;
 //   - every request completes exactly once, and all of them once the system is quiet.
+// Range users (POSIX record locks, docs/dlm.md "Range locks") lock, test, cancel and unlock
+// random byte ranges of a couple of files beside them:
+//   - a granted range conflicts with no range an owner of another (node, owner) holds, on a
+//     live node or on a crashed one still in the granting epoch (its master's table had
+//     those ranges: the crash takes them away only with the next membership);
+//   - a try fails only with EAGAIN and a lock in the way; a cancelled wait ends with EINTR
+//     or ok; an uncancelled wait only with ok;
+//   - a node's ranges_held() is what its owners were granted minus what they unlocked,
+//     and, once quiet, no range request is pending and the masters' tables hold exactly the
+//     live nodes' ranges (probed with range_test).
 // A failure prints its seed; SHAREDFS_DLM_SIM_SEED=<seed> replays that one seed in every
 // shard (SHAREDFS_DLM_SIM_TRACE=1 prints every event; filter one shard for one trace).
 #include <gtest/gtest.h>
@@ -23,6 +33,7 @@
 
 #include "dlm/lock_cache.h"
 #include "dlm/lock_manager.h"
+#include "dlm/range_table.h"
 
 namespace sharedfs::dlm {
 namespace {
@@ -60,6 +71,10 @@ struct Coverage {
   uint64_t grants = 0, valid_lvb_reads = 0, invalid_lvb_reads = 0, crashes = 0, joins = 0,
            epochs = 0, blocking_callbacks = 0, busy = 0, cached_reuses = 0, retransmits = 0,
            rejected_messages = 0, flushes = 0;
+  // Range locks.
+  uint64_t range_grants = 0, range_eagain = 0, range_eintr = 0, range_cancel_too_late = 0,
+           range_tests = 0, range_test_conflicts = 0, range_unlocks = 0,
+           range_grants_past_departed = 0, range_grants_past_downgrade = 0, range_probes = 0;
 };
 
 class Sim;
@@ -82,6 +97,18 @@ struct CacheUser {
   uint64_t token = 0;
 };
 
+// An owner of POSIX record locks on the node (a process, for the kernel): one request at a
+// time, like a process blocked in fcntl(2).
+struct RangeUser {
+  enum class State { kIdle, kWaiting, kTesting, kDone } state = State::kIdle;
+  uint64_t token = 0;   // the request in progress
+  uint64_t req_id = 0;  // its id at the LockManager (lock requests, for range_cancel)
+  bool wait = false;
+  bool cancelled = false;
+  size_t file = 0;
+  RecordLock want;
+};
+
 struct Node {
   Member member;
   bool alive = false;
@@ -89,6 +116,7 @@ struct Node {
   std::unique_ptr<LockManager> lm;
   std::unique_ptr<LockCache> cache;  // destroyed before lm
   std::vector<User> users;
+  std::vector<RangeUser> range_users;
   CacheUser cache_user;
   std::set<size_t> dirty;      // resources whose cached EX copy was changed, not written back
   int flushes = 0;             // flush hooks not finished yet
@@ -124,6 +152,9 @@ class Sim {
     const size_t nodes = 3 + rng_.below(5);
     resources_ = 1 + rng_.below(6);
     users_per_node_ = 1 + rng_.below(3);
+    range_files_ = 1 + rng_.below(2);
+    range_users_per_node_ = 1 + rng_.below(2);
+    range_ops_left_ = 5 + static_cast<int>(rng_.below(20));
     ops_left_ = 40 + static_cast<int>(rng_.below(60));
     const double drops[] = {0.0, 0.02, 0.1};
     p_drop_ = drops[rng_.below(3)];
@@ -134,12 +165,16 @@ class Sim {
     Membership first{1, {}};
     for (size_t i = 0; i < nodes; ++i) first.members.push_back(start_node(NodeId(i + 1)));
     epoch_ = 1;
+    memberships_[1] = std::set<Member>(first.members.begin(), first.members.end());
     for (auto& n : nodes_)
       admin(n.member, [this, first](Node& node) {
         expect_ok(node.lm->set_membership(first), "set_membership");
       });
     for (auto& n : nodes_) {
       for (size_t u = 0; u < n.users.size(); ++u) schedule_user(n.member, u, rng_.below(10));
+      for (size_t u = 0; u < n.range_users.size(); ++u) {
+        schedule_range_user(n.member, u, rng_.below(10));
+      }
     }
     const uint64_t faults = rng_.below(4);
     for (uint64_t f = 0; f < faults; ++f) {
@@ -154,10 +189,24 @@ class Sim {
       if (!quiet_ && (ops_left_ <= 0 || now_ > 3000)) begin_quiet();
       if (quiet_ && !failure_) {
         if (is_quiet()) {
-          final_checks();
-          break;
+          // The checks, then the masters' tables are probed: done once the probes are
+          // answered (at once where the master is live: it probes itself).
+          if (!probed_) {
+            final_checks();
+            probed_ = true;
+            if (!failure_) start_probes();
+          }
+          if (failure_ || probes_pending_ == 0) {
+            check_requests();
+            break;
+          }
+          continue;
         }
-        if (now_ > quiet_since_ + 20000) fail("the system never became quiet");
+        if (now_ > quiet_since_ + 20000) {
+          std::string why;
+          quiet(&why);
+          fail("the system never became quiet: " + why);
+        }
       }
     }
     if (!failure_ && !quiet_) fail("event queue ran dry");
@@ -224,6 +273,8 @@ class Sim {
     n.lm = std::make_unique<LockManager>(
         LockManagerOptions{n.member, "sim-secret", n.transport.get(), 40, false});
     n.users.assign(users_per_node_, User{});
+    n.range_users.assign(range_users_per_node_, RangeUser{});
+    range_truth_[n.member].assign(range_files_, RangeTable{});
     n.cache_user = CacheUser{};
     n.dirty.clear();
     n.flushes = 0;
@@ -265,6 +316,7 @@ class Sim {
     for (auto& n : nodes_) {
       if (n.alive) ms.members.push_back(n.member);
     }
+    memberships_[ms.epoch] = std::set<Member>(ms.members.begin(), ms.members.end());
     trace("epoch {} with {} members", ms.epoch, ms.members.size());
     ++cov_.epochs;
     for (const Member& m : ms.members) {
@@ -298,6 +350,7 @@ class Sim {
     ++cov_.joins;
     Node& n = *live(m);
     for (size_t u = 0; u < n.users.size(); ++u) schedule_user(m, u, 5 + rng_.below(20));
+    for (size_t u = 0; u < n.range_users.size(); ++u) schedule_range_user(m, u, 5 + rng_.below(20));
     at(now_ + 1 + rng_.below(20), [this] { change_membership(); });
   }
 
@@ -327,6 +380,8 @@ class Sim {
       }
       std::erase_if(t.holders, [&](const Holder& h) { return h.owner == dead; });
     }
+    // The dead node's ranges stay in range_truth_ under its Member: a master of an epoch
+    // that still has it as a member keeps them (see range_granted).
     at(now_ + 1 + rng_.below(30), [this] { change_membership(); });
     // The cluster fences the node and replays its journal, then tells every node.
     at(now_ + 40 + rng_.below(300), [this, dead] { replay(dead); });
@@ -712,6 +767,347 @@ class Sim {
     });
   }
 
+  // --- range users (POSIX record locks) ---
+
+  ResourceName range_name(size_t f) const { return ResourceName::make(1, f, "posix"); }
+  static uint64_t range_owner(size_t u) { return u + 1; }
+  static constexpr uint64_t kProbeOwner = 1000;
+
+  static bool overlap(const RecordLock& a, const RecordLock& b) {
+    return a.start <= b.end && b.start <= a.end;
+  }
+  static bool conflicts(const RecordLock& a, const RecordLock& b) {
+    return !same_owner(a, b) && (a.write || b.write) && overlap(a, b);
+  }
+  static bool same_lock(const RecordLock& a, const RecordLock& b) {
+    return a.write == b.write && a.start == b.start && a.end == b.end && a.owner == b.owner &&
+           a.pid == b.pid && a.node == b.node;
+  }
+  static std::string show(const RecordLock& l) {
+    return fmt::format("{}[{}..{}] node {} owner {} pid {}", l.write ? "W" : "R", l.start,
+                       l.end == UINT64_MAX ? std::string("EOF") : std::to_string(l.end), l.node,
+                       l.owner, l.pid);
+  }
+  static std::string show(const std::vector<RecordLock>& v) {
+    std::string out;
+    for (const auto& l : v) out += (out.empty() ? "" : ", ") + show(l);
+    return "{" + out + "}";
+  }
+  static std::vector<RecordLock> of_owner(std::vector<RecordLock> v, uint64_t owner) {
+    std::erase_if(v, [&](const RecordLock& l) { return l.owner != owner; });
+    return v;
+  }
+  static bool same_locks(const std::vector<RecordLock>& a, const std::vector<RecordLock>& b) {
+    return std::equal(a.begin(), a.end(), b.begin(), b.end(), same_lock);
+  }
+
+  // A small range of a small file; now and then to the end of the file.
+  std::pair<uint64_t, uint64_t> random_range() {
+    const uint64_t start = rng_.below(64);
+    if (rng_.chance(0.1)) return {start, UINT64_MAX};
+    return {start, std::min<uint64_t>(63, start + rng_.below(16))};
+  }
+
+  void schedule_range_user(Member m, size_t u, uint64_t delay) {
+    at(now_ + delay, [this, m, u] {
+      if (Node* n = live(m)) range_user_step(*n, u);
+    });
+  }
+
+  // The node's ranges of `owner` on file `f` must be what the owner was granted and kept.
+  void check_owner_ranges(Node& n, size_t f, uint64_t owner, const char* when) {
+    const auto held = of_owner(n.lm->ranges_held(range_name(f)), owner);
+    const auto truth = of_owner(range_truth_[n.member][f].held(), owner);
+    if (!same_locks(held, truth)) {
+      fail(fmt::format("{} owner {} f{} after {}: ranges_held {} but granted and kept {}",
+                       n.member.to_string(), owner, f, when, show(held), show(truth)));
+    }
+  }
+
+  bool owner_holds(const Member& m, uint64_t owner, size_t f) {
+    for (const auto& l : range_truth_[m][f].held()) {
+      if (l.owner == owner) return true;
+    }
+    return false;
+  }
+
+  void range_user_step(Node& n, size_t u) {
+    RangeUser& ru = n.range_users[u];
+    const Member m = n.member;
+    if (ru.state != RangeUser::State::kIdle) return;
+    if (quiet_) {
+      // The end: keep what is held or give it all up, and do nothing more.
+      if (rng_.chance(0.5)) {
+        for (size_t f = 0; f < range_files_; ++f) {
+          if (owner_holds(m, range_owner(u), f)) range_unlock(n, u, f, 0, UINT64_MAX);
+        }
+      }
+      ru.state = RangeUser::State::kDone;
+      return;
+    }
+    if (range_ops_left_ <= 0) return;  // begin_quiet wakes us up
+    --range_ops_left_;
+    const uint64_t x = rng_.below(100);
+    std::vector<size_t> held;
+    for (size_t f = 0; f < range_files_; ++f) {
+      if (owner_holds(m, range_owner(u), f)) held.push_back(f);
+    }
+    if (x < 35 && (!held.empty() || x < 3)) {
+      // Unlock, often only part of what is held (splits); rarely where nothing is held.
+      const size_t f = held.empty() ? rng_.below(range_files_) : held[rng_.below(held.size())];
+      auto [start, end] =
+          rng_.chance(0.4) ? std::pair<uint64_t, uint64_t>{0, UINT64_MAX} : random_range();
+      range_unlock(n, u, f, start, end);
+      schedule_range_user(m, u, 1 + rng_.below(20));
+      return;
+    }
+    const size_t f = rng_.below(range_files_);
+    auto [start, end] = random_range();
+    const RecordLock want{.write = rng_.chance(0.5),
+                          .start = start,
+                          .end = end,
+                          .owner = range_owner(u),
+                          .pid = static_cast<uint32_t>(100 + u),
+                          .node = m.id.value};
+    ru.token = ++tokens_;
+    ru.file = f;
+    ru.want = want;
+    ru.cancelled = false;
+    ru.req_id = 0;
+    requests_[ru.token] = Request{m, 0};
+    if (x < 45) {
+      ru.state = RangeUser::State::kTesting;
+      ru.wait = false;
+      if (trace_) trace("{} o{} range test f{} {}", m.to_string(), range_owner(u), f, show(want));
+      n.lm->range_test(range_name(f), want, range_completion(m, u, ru.token));
+      return;
+    }
+    ru.state = RangeUser::State::kWaiting;
+    ru.wait = rng_.chance(0.7);
+    range_asking_[m][range_owner(u)] = {f, want};
+    const uint64_t token = ru.token;
+    if (trace_) {
+      trace("{} o{} range lock f{} {}{}", m.to_string(), range_owner(u), f, show(want),
+            ru.wait ? " wait" : " try");
+    }
+    // May complete inside the call (a local master): `ru` is looked up again after it.
+    const uint64_t req_id =
+        n.lm->range_lock(range_name(f), want, ru.wait, range_completion(m, u, token));
+    RangeUser& after = n.range_users[u];
+    if (after.state != RangeUser::State::kWaiting || after.token != token) return;
+    after.req_id = req_id;
+    if (after.wait && rng_.chance(0.3)) schedule_range_cancel(m, u, token, 1 + rng_.below(60));
+  }
+
+  void schedule_range_cancel(Member m, size_t u, uint64_t token, uint64_t delay) {
+    at(now_ + delay, [this, m, u, token] {
+      Node* n = live(m);
+      if (n == nullptr) return;
+      RangeUser& ru = n->range_users[u];
+      if (ru.state != RangeUser::State::kWaiting || ru.token != token || ru.cancelled) return;
+      if (trace_) {
+        trace("{} o{} range cancel (request {})", m.to_string(), range_owner(u), ru.req_id);
+      }
+      ru.cancelled = true;
+      n->lm->range_cancel(ru.req_id);
+    });
+  }
+
+  // The client takes the range out at the call: so does the truth.
+  void range_unlock(Node& n, size_t u, size_t f, uint64_t start, uint64_t end) {
+    const Member m = n.member;
+    const uint64_t owner = range_owner(u);
+    range_truth_[m][f].cut(m.id.value, owner, start, end);
+    ++cov_.range_unlocks;
+    if (trace_) {
+      trace("{} o{} range unlock f{} [{}..{}]", m.to_string(), owner, f, start,
+            end == UINT64_MAX ? std::string("EOF") : std::to_string(end));
+    }
+    RangeCompletion done;
+    if (rng_.chance(0.5)) {
+      const uint64_t token = ++tokens_;
+      requests_[token] = Request{m, 0};
+      done = [this, token](const Status& s, std::optional<RecordLock> c) {
+        if (++requests_[token].completions > 1) fail("range unlock completed twice");
+        expect_ok(s, "range unlock");
+        if (c) fail("range unlock answered with a lock");
+      };
+    }
+    n.lm->range_unlock(range_name(f), owner, start, end, std::move(done));
+    check_owner_ranges(n, f, owner, "unlock");
+  }
+
+  RangeCompletion range_completion(Member m, size_t u, uint64_t token) {
+    return [this, m, u, token](const Status& s, std::optional<RecordLock> conflict) {
+      if (++requests_[token].completions > 1) {
+        fail(fmt::format("range request {} completed twice", token));
+      }
+      Node* n = live(m);
+      if (n == nullptr) return;
+      RangeUser& ru = n->range_users[u];
+      if (ru.token != token ||
+          (ru.state != RangeUser::State::kWaiting && ru.state != RangeUser::State::kTesting)) {
+        return fail("range completion for another request");
+      }
+      const bool testing = ru.state == RangeUser::State::kTesting;
+      ru.state = RangeUser::State::kIdle;
+      if (!testing) range_asking_[m].erase(range_owner(u));
+      uint64_t next = 1 + rng_.below(10);
+      const auto bad = [&](std::string why) {
+        const char* kind = testing ? "test" : ru.wait ? "lock (wait)" : "lock (try)";
+        fail(fmt::format("{} o{} range {} f{} {}: {}", m.to_string(), range_owner(u), kind, ru.file,
+                         show(ru.want), why));
+      };
+      if (conflict && !conflicts(*conflict, ru.want)) {
+        bad(fmt::format("answered with {}, which is not in the way", show(*conflict)));
+      }
+      if (testing) {
+        if (!s.is_ok()) bad("failed: " + s.to_string());
+        ++cov_.range_tests;
+        if (conflict) ++cov_.range_test_conflicts;
+        if (trace_) {
+          trace("{} o{} range test: {}", m.to_string(), range_owner(u),
+                conflict ? show(*conflict) : std::string("free"));
+        }
+      } else if (s.is_ok()) {
+        if (conflict) bad("granted with a lock in the way");
+        if (ru.cancelled) ++cov_.range_cancel_too_late;
+        range_granted(*n, u);
+        next = 1 + rng_.below(40);  // hold a while
+      } else if (s.code() != Code::kBusy) {
+        bad("failed: " + s.to_string());
+      } else if (s.sys_errno() == EAGAIN) {
+        ++cov_.range_eagain;
+        if (trace_) {
+          trace("{} o{} range lock refused: {}", m.to_string(), range_owner(u),
+                conflict ? show(*conflict) : std::string("?"));
+        }
+        if (ru.wait) bad("a wait failed with EAGAIN");
+        if (!conflict) bad("EAGAIN without the lock in the way");
+      } else if (s.sys_errno() == EINTR) {
+        ++cov_.range_eintr;
+        if (trace_) trace("{} o{} range lock interrupted", m.to_string(), range_owner(u));
+        if (!ru.cancelled) bad("EINTR without a cancel");
+        if (conflict) bad("EINTR with a lock in the way");
+      } else {
+        bad("failed: " + s.to_string());
+      }
+      check_owner_ranges(*n, ru.file, range_owner(u), "a range request");
+      schedule_range_user(m, u, next);
+    };
+  }
+
+  // A grant in the node's epoch E (replies reach a node only in the epoch they were sent
+  // in). E's master built its table from the reports of every member of E and put each of
+  // its grants in it; a client's unlock is taken out of the truth before it reaches the
+  // master. So the table holds at least the truth's ranges of every member of E, the dead
+  // ones too (until E ends for the master, which then grants nothing more in E). A live
+  // node that is not a member of E holds nothing yet: it joined later, and the masters of
+  // a later epoch grant nothing before the node granted here has reported in that epoch.
+  // One exception: an owner's own request replaces its ranges at the master before the
+  // grant reaches the owner (fcntl(2) turning a write lock into a read lock). While an owner
+  // asks for a read range, the part of its write ranges inside it may be a read range
+  // already.
+  void range_granted(Node& n, size_t u) {
+    const Member m = n.member;
+    RangeUser& ru = n.range_users[u];
+    const RecordLock& want = ru.want;
+    const uint64_t epoch = n.lm->epoch();
+    const auto& members = memberships_[epoch];
+    if (trace_) {
+      trace("{} o{} range granted f{} {} (epoch {})", m.to_string(), ru.want.owner, ru.file,
+            show(want), epoch);
+    }
+    for (const auto& [holder, files] : range_truth_) {
+      const bool in_epoch = members.contains(holder);
+      if (!in_epoch && live(holder) == nullptr) {
+        for (const auto& l : files[ru.file].held()) {
+          if (conflicts(l, want)) ++cov_.range_grants_past_departed;
+        }
+        continue;
+      }
+      for (const auto& l : files[ru.file].held()) {
+        if (holder == m && l.owner == want.owner) continue;
+        if (!overlap(l, want) || !(l.write || want.write)) continue;
+        if (!want.write) {
+          const auto asking = range_asking_[holder].find(l.owner);
+          if (asking != range_asking_[holder].end() && asking->second.first == ru.file &&
+              !asking->second.second.write) {
+            const RecordLock& r = asking->second.second;
+            // The bytes both hold: free unless some lie outside the read range asked for.
+            if (std::max(l.start, want.start) >= r.start && std::min(l.end, want.end) <= r.end) {
+              ++cov_.range_grants_past_downgrade;
+              continue;
+            }
+          }
+        }
+        fail(fmt::format("f{}: {} owner {} granted {} in epoch {} while {}{} holds {}", ru.file,
+                         m.to_string(), want.owner, show(want), epoch, holder.to_string(),
+                         live(holder) != nullptr ? "" : " (dead, still a member)", show(l)));
+      }
+    }
+    range_truth_[m][ru.file].put(want);
+    ++cov_.range_grants;
+  }
+
+  // Once quiet: the masters' tables must hold exactly the live nodes' ranges. range_test
+  // from an owner that holds nothing names a lock in the way iff one is held, and it must
+  // be one that is held. The master probes its own table: no message, no time passes.
+  void start_probes() {
+    std::vector<Member> alive;
+    for (const auto& n : nodes_) {
+      if (n.alive) alive.push_back(n.member);
+    }
+    if (alive.empty()) return;
+    const std::vector<Member> members(memberships_[epoch_].begin(), memberships_[epoch_].end());
+    for (size_t f = 0; f < range_files_; ++f) {
+      Node* master = node_by_id(master_of(range_name(f), members));
+      if (master == nullptr || !master->alive) master = live(alive[rng_.below(alive.size())]);
+      std::vector<RecordLock> held;
+      for (const Member& a : alive) {
+        for (const auto& l : range_truth_[a][f].held()) held.push_back(l);
+      }
+      std::vector<std::pair<uint64_t, uint64_t>> ranges{{0, UINT64_MAX}};
+      for (const auto& l : held) ranges.emplace_back(l.start, l.end);
+      ranges.push_back(random_range());
+      for (const auto& [start, end] : ranges) {
+        Node& n = *master;
+        const RecordLock probe{.write = rng_.chance(0.7),
+                               .start = start,
+                               .end = end,
+                               .owner = kProbeOwner,
+                               .node = n.member.id.value};
+        bool expect = false;
+        for (const auto& l : held) expect = expect || conflicts(l, probe);
+        const uint64_t token = ++tokens_;
+        requests_[token] = Request{n.member, 0};
+        ++probes_pending_;
+        ++cov_.range_probes;
+        if (trace_) trace("{} probe f{} {}", n.member.to_string(), f, show(probe));
+        n.lm->range_test(
+            range_name(f), probe,
+            [this, token, f, probe, expect, held](const Status& s, std::optional<RecordLock> c) {
+              if (++requests_[token].completions > 1) fail("range probe completed twice");
+              --probes_pending_;
+              const auto what = [&] { return fmt::format("probe f{} {}", f, show(probe)); };
+              if (!s.is_ok()) return fail(what() + " failed: " + s.to_string());
+              if (!c) {
+                if (expect) {
+                  fail(fmt::format("{}: free, but the live nodes hold {}", what(), show(held)));
+                }
+                return;
+              }
+              bool found = false;
+              for (const auto& l : held) found = found || same_lock(l, *c);
+              if (!found || !conflicts(*c, probe)) {
+                fail(fmt::format("{}: in the way {}, but the live nodes hold {}", what(), show(*c),
+                                 show(held)));
+              }
+            });
+      }
+    }
+  }
+
   // --- quiet phase ---
 
   void begin_quiet() {
@@ -720,20 +1116,67 @@ class Sim {
     p_drop_ = 0;
     p_dup_ = 0;
     trace("quiet from now on");
+    // Range users finish: idle ones decide what they keep; waits are given up a while later
+    // (owners waiting for each other would wait for ever: no deadlock detection).
+    for (auto& n : nodes_) {
+      if (!n.alive) continue;
+      for (size_t u = 0; u < n.range_users.size(); ++u) {
+        const RangeUser& ru = n.range_users[u];
+        if (ru.state == RangeUser::State::kIdle) {
+          schedule_range_user(n.member, u, 1 + rng_.below(5));
+        }
+        if (ru.state == RangeUser::State::kWaiting && ru.wait) {
+          schedule_range_cancel(n.member, u, ru.token, 5 + rng_.below(30));
+        }
+      }
+    }
   }
 
-  bool is_quiet() const {
-    if (in_flight_ > 0 || admin_in_flight_ > 0) return false;
+  bool is_quiet() const { return quiet(nullptr); }
+
+  // Whether the system is quiet; if not and `why` is set, what keeps it busy.
+  bool quiet(std::string* why) const {
+    // `explain` formats the reason only when asked for it: this runs after every event.
+    const auto busy = [&](const auto& explain) {
+      if (why != nullptr) *why = explain();
+      return false;
+    };
+    if (in_flight_ > 0 || admin_in_flight_ > 0) {
+      return busy([] { return std::string("messages or admin calls in flight"); });
+    }
     for (const auto& n : nodes_) {
       if (!n.alive) continue;
       if (n.lm->recovering() || n.lm->pending_requests() > 0 || n.lm->unacknowledged() > 0 ||
           n.lm->epoch() != epoch_) {
-        return false;
+        return busy([&] {
+          return fmt::format("{}: recovering {}, {} pending requests, {} unacknowledged, epoch {}",
+                             n.member.to_string(), n.lm->recovering(), n.lm->pending_requests(),
+                             n.lm->unacknowledged(), n.lm->epoch());
+        });
       }
       for (const User& u : n.users) {
-        if (u.state == UserState::kWaiting || u.state == UserState::kReleasing) return false;
+        if (u.state == UserState::kWaiting || u.state == UserState::kReleasing) {
+          return busy([&] { return fmt::format("{}: a user waits", n.member.to_string()); });
+        }
       }
-      if (n.cache_user.state == CacheUser::State::kWaiting || n.flushes > 0) return false;
+      if (n.cache_user.state == CacheUser::State::kWaiting || n.flushes > 0) {
+        return busy([&] {
+          return fmt::format("{}: the cache user waits or a flush runs", n.member.to_string());
+        });
+      }
+      for (size_t u = 0; u < n.range_users.size(); ++u) {
+        const RangeUser& ru = n.range_users[u];
+        if (ru.state != RangeUser::State::kDone) {
+          return busy([&] {
+            return fmt::format("{}: range owner {} in state {}{} ({} range requests pending)",
+                               n.member.to_string(), range_owner(u), static_cast<int>(ru.state),
+                               ru.cancelled ? " (cancelled)" : "", n.lm->pending_range_requests());
+          });
+        }
+      }
+    }
+    if (probes_pending_ > 0) {
+      return busy([&] { return fmt::format("{} probes pending", probes_pending_); });
     }
     return true;
   }
@@ -744,18 +1187,36 @@ class Sim {
       cov_.retransmits += n.lm->stats().retransmitted;
       cov_.rejected_messages += n.lm->stats().dropped_malformed;
     }
-    for (const auto& [token, r] : requests_) {
-      const Node* n = node_by_id(r.node.id);
-      if (n->alive && n->member == r.node && r.completions != 1) {
-        fail(fmt::format("request {} of {} completed {} times", token, r.node.to_string(),
-                         r.completions));
-      }
-    }
+    check_requests();
     for (auto& n : nodes_) {
       if (!n.alive) continue;
       for (const User& u : n.users) {
         if (u.state == UserState::kIdle) continue;
         if (n.lm->granted_mode(u.id) != u.mode) fail("lock manager and user disagree at the end");
+      }
+      // Range requests: the users wait for none, so none may be left (an unlock's answer
+      // included: nothing is in flight).
+      if (n.lm->pending_range_requests() != 0) {
+        fail(fmt::format("{}: {} range requests still pending when quiet", n.member.to_string(),
+                         n.lm->pending_range_requests()));
+      }
+      for (size_t f = 0; f < range_files_; ++f) {
+        const auto held = n.lm->ranges_held(range_name(f));
+        const auto& truth = range_truth_[n.member][f].held();
+        if (!same_locks(held, truth)) {
+          fail(fmt::format("{} f{} at the end: ranges_held {} but granted and kept {}",
+                           n.member.to_string(), f, show(held), show(truth)));
+        }
+      }
+    }
+  }
+
+  void check_requests() {
+    for (const auto& [token, r] : requests_) {
+      const Node* n = node_by_id(r.node.id);
+      if (n->alive && n->member == r.node && r.completions != 1) {
+        fail(fmt::format("request {} of {} completed {} times", token, r.node.to_string(),
+                         r.completions));
       }
     }
   }
@@ -773,6 +1234,16 @@ class Sim {
   uint64_t epoch_ = 0;
   size_t resources_ = 1;
   size_t users_per_node_ = 1;
+  size_t range_files_ = 1;
+  size_t range_users_per_node_ = 1;
+  int range_ops_left_ = 0;
+  // Every incarnation's ranges, kept after it crashed; the members of every epoch.
+  std::map<Member, std::vector<RangeTable>> range_truth_;
+  // The lock request each owner has in progress (file, lock), kept after a crash too.
+  std::map<Member, std::map<uint64_t, std::pair<size_t, RecordLock>>> range_asking_;
+  std::map<uint64_t, std::set<Member>> memberships_;
+  int probes_pending_ = 0;
+  bool probed_ = false;
   int ops_left_ = 0;
   double p_drop_ = 0;
   double p_dup_ = 0;
@@ -826,6 +1297,12 @@ TEST_P(DlmSim, RandomSchedulesKeepTheInvariants) {
       first, first + count - 1, cov.grants, cov.valid_lvb_reads, cov.invalid_lvb_reads, cov.crashes,
       cov.joins, cov.epochs, cov.blocking_callbacks, cov.busy, cov.cached_reuses, cov.retransmits,
       cov.rejected_messages, cov.flushes);
+  fmt::print(
+      "  ranges: {} grants ({} past a departed node's range, {} past a downgrade in flight, {} "
+      "after a cancel), {} EAGAIN, {} EINTR, {} tests ({} in the way), {} unlocks, {} probes\n",
+      cov.range_grants, cov.range_grants_past_departed, cov.range_grants_past_downgrade,
+      cov.range_cancel_too_late, cov.range_eagain, cov.range_eintr, cov.range_tests,
+      cov.range_test_conflicts, cov.range_unlocks, cov.range_probes);
   if (count > 1) {
     EXPECT_GT(cov.crashes, 0u);
     EXPECT_GT(cov.joins, 0u);
@@ -834,6 +1311,12 @@ TEST_P(DlmSim, RandomSchedulesKeepTheInvariants) {
     EXPECT_GT(cov.retransmits, 0u);
     EXPECT_GT(cov.rejected_messages, 0u);
     EXPECT_GT(cov.flushes, 0u);
+    EXPECT_GT(cov.range_grants, 0u);
+    EXPECT_GT(cov.range_grants_past_departed, 0u);
+    EXPECT_GT(cov.range_eagain, 0u);
+    EXPECT_GT(cov.range_eintr, 0u);
+    EXPECT_GT(cov.range_test_conflicts, 0u);
+    EXPECT_GT(cov.range_probes, 0u);
   }
 }
 

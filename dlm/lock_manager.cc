@@ -380,6 +380,16 @@ void LockManager::try_grant(Resource& res) {
         changed = true;
         continue;
       }
+      // A try at the head is refused now, so that what queues behind it is looked at: after
+      // a rebuild the queues are in report order, not arrival order.
+      if (q.flags & kFlagTry) {
+        res.converting.pop_front();
+        MasterLock* g = find_lock(res.granted, q.owner, q.lock_id);
+        reply(q.owner, q.lock_id, q.req_id, ReplyResult::kNotGranted, g ? g->mode : LockMode::kNL,
+              res.lvb);
+        changed = true;
+        continue;
+      }
       // Conversion deadlock: a holder in the head's way that itself waits to convert up
       // never lets go. Cancel those converts; their locks keep their modes.
       for (auto it = res.converting.begin() + 1; it != res.converting.end();) {
@@ -401,6 +411,10 @@ void LockManager::try_grant(Resource& res) {
         res.waiting.pop_front();
         res.granted.push_back({q.owner, q.lock_id, q.mode, std::nullopt});
         reply(q.owner, q.lock_id, q.req_id, ReplyResult::kOk, q.mode, res.lvb);
+        changed = true;
+      } else if (q.flags & kFlagTry) {
+        res.waiting.pop_front();
+        reply(q.owner, q.lock_id, q.req_id, ReplyResult::kNotGranted, q.mode, res.lvb);
         changed = true;
       }
     }
