@@ -36,7 +36,11 @@ std::vector<Member> MembershipAgent::presumed_alive(uint64_t now) const {
   std::vector<Member> out;
   if (!joined_ || now - view_since_ >= opts_.dead_after_ms) return out;
   for (const Member& m : view_.membership.members) {
-    if (m.id != opts_.self.id && !peers_.contains(m.id)) out.push_back(m);
+    if (m.id == opts_.self.id) continue;
+    // Not heard at all, or only an older incarnation of it (a node restarted and taken into
+    // the view by another member before its heartbeats reached us).
+    auto p = peers_.find(m.id);
+    if (p == peers_.end() || p->second.member.incarnation < m.incarnation) out.push_back(m);
   }
   return out;
 }
@@ -186,7 +190,11 @@ void MembershipAgent::maybe_coordinate(uint64_t now) {
       ++heard_alive;
     }
   }
-  for (const Member& m : presumed_alive(now)) alive.push_back(m);
+  for (const Member& m : presumed_alive(now)) {
+    // A newer incarnation in our view replaces an older one we still hear from.
+    std::erase_if(alive, [&](const Member& a) { return a.id == m.id && a.incarnation < m.incarnation; });
+    alive.push_back(m);
+  }
   std::sort(alive.begin(), alive.end());
   if (!joined_ && heard_alive + 1 < opts_.configured.size() &&
       now - started_ < opts_.join_wait_ms) {

@@ -109,8 +109,8 @@ class MembershipAgent {
   };
 
   bool is_alive(const Peer& p, uint64_t now) const;
-  // Members of our view we have not heard from ourselves, for the dead-node timeout after
-  // we installed it: presumed alive (another node heard them; our link may be slow to
+  // Members of our view we have not heard from ourselves (that incarnation), for the
+  // dead-node timeout after we installed it: presumed alive (another node heard them; our link may be slow to
   // come up). Without this, a node that joined through a view formed by a lower node it
   // cannot hear yet would at once form a view without that node.
   std::vector<Member> presumed_alive(uint64_t now) const;

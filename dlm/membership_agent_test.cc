@@ -236,5 +236,30 @@ TEST(MembershipAgent, AMemberNeverHeardIsDroppedAfterTheTimeout) {
   net.expect_agreed_members({Member{NodeId(2), 1}, Member{NodeId(3), 1}});
 }
 
+// Seen in CI: node 3 restarts (a new incarnation) and node 1 takes it into a view, then
+// leaves at once, before node 2 has heard node 3's new incarnation (node 2 still knows the
+// old, dead one). Node 2, coordinating next, must presume node 3 alive as a member of the
+// view it installed, not drop it (node 3 would take that for its expulsion and withdraw).
+TEST(MembershipAgent, ARestartedMemberNotYetHeardIsPresumedAliveByTheNextCoordinator) {
+  Net net(3);
+  for (uint32_t i = 1; i <= 3; ++i) net.start(i, 1);
+  net.run_for(300);
+  net.expect_agreed_members({M(1, 1), M(2, 1), M(3, 1)});
+  net.crash(3);
+  net.run_for(1500);
+  net.expect_agreed_members({M(1, 1), M(2, 1)});
+  net.block(3, 2);  // node 2 does not hear the new incarnation yet
+  net.start(3, 2);
+  net.run_for(300);
+  ASSERT_TRUE(net.agent(3).joined());
+  net.agent(1).leave(net.now());
+  net.run_for(300);
+  EXPECT_FALSE(net.agent(3).expelled()) << "node 2 dropped node 3's new incarnation";
+  net.unblock(3, 2);
+  net.run_for(500);
+  EXPECT_FALSE(net.agent(3).expelled());
+  net.expect_agreed_members({M(2, 1), M(3, 2)});
+}
+
 }  // namespace
 }  // namespace sharedfs::dlm
