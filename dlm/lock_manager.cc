@@ -59,10 +59,10 @@ struct LockManager::Resource {
   std::deque<Queued> waiting;     // new locks, first come first served
 };
 
-// A range lock or test request waiting for its answer.
+// A range lock, test or unlock request waiting for its answer.
 struct LockManager::RangeRequest {
   ResourceName name;
-  Op op = Op::kLock;  // kLock or kTest
+  Op op = Op::kLock;  // kLock, kTest or kUnlock
   RecordLock lock;
   uint8_t flags = 0;
   bool cancelled = false;
@@ -478,17 +478,9 @@ void LockManager::reply(const Member& owner, uint64_t lock_id, uint64_t req_id, 
 uint64_t LockManager::range_lock(const ResourceName& name, RecordLock lock, bool wait,
                                  RangeCompletion done) {
   Scope scope(this);
-  lock.node = opts_.self.id.value;
-  const uint64_t req_id = next_req_id_++;
-  auto rr = std::make_unique<RangeRequest>();
-  rr->name = name;
-  rr->op = Op::kLock;
-  rr->lock = lock;
-  rr->flags = wait ? 0 : kFlagTry;
-  rr->done = std::move(done);
-  send_range_request(req_id, *rr);
-  range_requests_.emplace(req_id, std::move(rr));
-  return req_id;
+  return start_range_request(RangeRequest{.name = name, .op = Op::kLock, .lock = lock,
+                                          .flags = static_cast<uint8_t>(wait ? 0 : kFlagTry),
+                                          .done = std::move(done)});
 }
 
 void LockManager::range_cancel(uint64_t req_id) {
@@ -507,15 +499,7 @@ void LockManager::range_cancel(uint64_t req_id) {
 
 void LockManager::range_test(const ResourceName& name, RecordLock lock, RangeCompletion done) {
   Scope scope(this);
-  lock.node = opts_.self.id.value;
-  const uint64_t req_id = next_req_id_++;
-  auto rr = std::make_unique<RangeRequest>();
-  rr->name = name;
-  rr->op = Op::kTest;
-  rr->lock = lock;
-  rr->done = std::move(done);
-  send_range_request(req_id, *rr);
-  range_requests_.emplace(req_id, std::move(rr));
+  start_range_request(RangeRequest{.name = name, .op = Op::kTest, .lock = lock, .done = std::move(done)});
 }
 
 void LockManager::range_unlock(const ResourceName& name, uint64_t owner, uint64_t start,
@@ -525,19 +509,27 @@ void LockManager::range_unlock(const ResourceName& name, uint64_t owner, uint64_
   if (it == ranges_held_.end()) {
     // Nothing held, so the master has nothing of ours either (a grant in flight is put
     // here when it arrives).
-    if (done) callbacks_.push_back([done = std::move(done)] { done(Status::ok(), std::nullopt); });
+    complete_range(std::move(done), Status::ok(), std::nullopt);
     return;
   }
   it->second.cut(opts_.self.id.value, owner, start, end);
   if (it->second.empty()) ranges_held_.erase(it);
+  start_range_request(RangeRequest{.name = name, .op = Op::kUnlock,
+                                   .lock = RecordLock{.start = start, .end = end, .owner = owner},
+                                   .done = std::move(done)});
+}
+
+uint64_t LockManager::start_range_request(RangeRequest rr) {
+  rr.lock.node = opts_.self.id.value;
   const uint64_t req_id = next_req_id_++;
-  auto rr = std::make_unique<RangeRequest>();
-  rr->name = name;
-  rr->op = Op::kUnlock;
-  rr->lock = RecordLock{.start = start, .end = end, .owner = owner, .node = opts_.self.id.value};
-  rr->done = std::move(done);
-  send_range_request(req_id, *rr);
-  range_requests_.emplace(req_id, std::move(rr));
+  send_range_request(req_id, rr);
+  range_requests_.emplace(req_id, std::make_unique<RangeRequest>(std::move(rr)));
+  return req_id;
+}
+
+void LockManager::complete_range(RangeCompletion done, Status status, std::optional<RecordLock> conflict) {
+  if (!done) return;
+  callbacks_.push_back([done = std::move(done), status = std::move(status), conflict] { done(status, conflict); });
 }
 
 std::vector<RecordLock> LockManager::ranges_held(const ResourceName& name) const {
@@ -619,23 +611,13 @@ void LockManager::on_range_reply(const Message& m) {
   std::unique_ptr<RangeRequest> rr = std::move(it->second);
   range_requests_.erase(it);
   Status status;
-  if (rr->op == Op::kLock) {
-    if (m.result == ReplyResult::kOk) {
-      ranges_held_[rr->name].put(rr->lock);
-    } else if (rr->cancelled && !m.range) {
-      status = Status(Code::kBusy,
-                      fmt::format("wait for a record lock on {} interrupted", rr->name.to_string()),
-                      EINTR);
-    } else {
-      status = Status(Code::kBusy,
-                      fmt::format("record lock on {} held by another owner", rr->name.to_string()),
-                      EAGAIN);
-    }
+  if (rr->op == Op::kLock && m.result != ReplyResult::kOk) {
+    status = rr->cancelled && !m.range ? range_wait_interrupted(rr->name)
+                                       : range_lock_refused(rr->name, m.range);
+  } else if (rr->op == Op::kLock) {
+    ranges_held_[rr->name].put(rr->lock);
   }
-  std::optional<RecordLock> conflict = m.range;
-  callbacks_.push_back([done = std::move(rr->done), status = std::move(status), conflict] {
-    if (done) done(status, conflict);
-  });
+  complete_range(std::move(rr->done), std::move(status), m.range);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -732,24 +714,12 @@ Status LockManager::set_membership(const Membership& membership) {
   }
   for (auto it = range_requests_.begin(); it != range_requests_.end();) {
     RangeRequest& rr = *it->second;
-    if (rr.op == Op::kUnlock) {
-      // Done: the new master's table is built from our reports, which no longer have it.
-      callbacks_.push_back([done = std::move(rr.done)] {
-        if (done) done(Status::ok(), std::nullopt);
-      });
-      it = range_requests_.erase(it);
-      continue;
-    }
-    if (rr.cancelled) {
-      // Its waiter died with the old tables: nothing left to cancel.
-      callbacks_.push_back([done = std::move(rr.done), name = rr.name] {
-        if (done) {
-          done(Status(Code::kBusy,
-                      fmt::format("wait for a record lock on {} interrupted", name.to_string()),
-                      EINTR),
-               std::nullopt);
-        }
-      });
+    if (rr.op == Op::kUnlock || rr.cancelled) {
+      // An unlock is done: the new master's table is built from our reports, which no
+      // longer have it. A cancelled wait died with the old tables: nothing left to cancel.
+      complete_range(std::move(rr.done),
+                     rr.op == Op::kUnlock ? Status::ok() : range_wait_interrupted(rr.name),
+                     std::nullopt);
       it = range_requests_.erase(it);
       continue;
     }

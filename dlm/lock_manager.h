@@ -197,7 +197,12 @@ class LockManager {
              LockMode mode, const LockValueBlock& lvb);
   static void write_back(Resource& res, const LockValueBlock& lvb);
   // Range locks.
+  // Stamps the request with this node, sends it (once there is a membership) and keeps it
+  // until its answer; returns its id.
+  uint64_t start_range_request(RangeRequest rr);
   void send_range_request(uint64_t req_id, const RangeRequest& rr);
+  // Runs `done` (if any) with the outcome once the outermost call returns.
+  void complete_range(RangeCompletion done, Status status, std::optional<RecordLock> conflict);
   void on_range_request(const Message& m);
   void on_range_reply(const Message& m);
   void range_reply(NodeId to, uint64_t req_id, ReplyResult result, std::optional<RecordLock> lock);

@@ -1,29 +1,19 @@
 // Record locks through the cluster's range tables; see range_lock_gate.h.
 #include "dlm/range_lock_gate.h"
 
-#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <map>
 #include <mutex>
 
 #include "dlm/dlm_node.h"
-#include "dlm/node_lock_gate.h"
 
 namespace sharedfs::dlm {
 namespace {
 
 constexpr auto kPoll = std::chrono::milliseconds(50);
-
-Status refused(int err, const ResourceName& name, const std::optional<RecordLock>& by) {
-  if (err == EINTR) return lock_refused(EINTR, fmt::format("wait for a record lock on {} interrupted", name.to_string()));
-  if (!by) return lock_refused(err, fmt::format("record lock on {} refused", name.to_string()));
-  return lock_refused(err, fmt::format("bytes {}..{} of {} are locked by node {} pid {}", by->start,
-                                       by->end, name.to_string(), by->node, by->pid));
-}
 
 class LocalRangeGate final : public RangeLockGate {
  public:
@@ -33,8 +23,8 @@ class LocalRangeGate final : public RangeLockGate {
     for (;;) {
       auto c = tables_[name].conflict(lock);
       if (!c) break;
-      if (!wait) return refused(EAGAIN, name, c);
-      if (interrupted && interrupted()) return refused(EINTR, name, c);
+      if (!wait) return range_lock_refused(name, c);
+      if (interrupted && interrupted()) return range_wait_interrupted(name);
       cv_.wait_for(l, kPoll);
     }
     tables_[name].put(lock);
@@ -98,12 +88,11 @@ class DlmRangeGate final : public RangeLockGate {
         // No answer (the master is unreachable until the next view): stop waiting; a
         // grant that still comes is given back (completion()).
         p->abandoned = true;
-        return refused(EINTR, name, std::nullopt);
+        return range_wait_interrupted(name);
       }
       p->cv.wait_for(l, kPoll);
     }
-    if (p->status->is_ok()) return Status::ok();
-    return refused(p->status->to_errno(), name, p->conflict);
+    return *p->status;
   }
 
   Result<std::optional<RecordLock>> test(const ResourceName& name, const RecordLock& want) override {

@@ -1,7 +1,10 @@
 // POSIX record locks on one file; see range_table.h.
 #include "dlm/range_table.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <tuple>
 
 namespace sharedfs::dlm {
@@ -15,6 +18,18 @@ bool touches(const RecordLock& a, const RecordLock& b) {
 }
 
 }  // namespace
+
+Status range_lock_refused(const ResourceName& name, const std::optional<RecordLock>& by) {
+  if (!by) return Status(Code::kBusy, fmt::format("record lock on {} refused", name.to_string()), EAGAIN);
+  return Status(Code::kBusy,
+                fmt::format("bytes {}..{} of {} are {}-locked by node {} pid {}", by->start, by->end,
+                            name.to_string(), by->write ? "write" : "read", by->node, by->pid),
+                EAGAIN);
+}
+
+Status range_wait_interrupted(const ResourceName& name) {
+  return Status(Code::kBusy, fmt::format("wait for a record lock on {} interrupted", name.to_string()), EINTR);
+}
 
 std::optional<RecordLock> RangeTable::conflict(const RecordLock& want) const {
   for (const auto& r : held_) {

@@ -20,6 +20,9 @@
 #include <optional>
 #include <vector>
 
+#include "common/status.h"
+#include "dlm/resource_name.h"
+
 namespace sharedfs::dlm {
 
 struct RecordLock {
@@ -34,6 +37,11 @@ struct RecordLock {
 inline bool same_owner(const RecordLock& a, const RecordLock& b) {
   return a.node == b.node && a.owner == b.owner;
 }
+
+// How a record lock request on `name` fails (code kBusy, with the errno to hand on):
+// EAGAIN, naming the lock in the way when known; EINTR, a wait given up.
+Status range_lock_refused(const ResourceName& name, const std::optional<RecordLock>& by);
+Status range_wait_interrupted(const ResourceName& name);
 
 class RangeTable {
  public:

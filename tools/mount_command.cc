@@ -406,11 +406,12 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
       const auto io = counted.counts();
       return fmt::format(
           "\"dlm\": {{\"sent\": {}, \"received\": {}, \"lock_requests\": {}, "
-          "\"fast_path_hits\": {}}}, "
+          "\"range_requests\": {}, \"fast_path_hits\": {}}}, "
           "\"device\": {{\"reads\": {}, \"read_bytes\": {}, \"writes\": {}, "
           "\"write_bytes\": {}}}, "
           "\"fs\": {{\"commits\": {}, \"lock_flushes\": {}, \"ag_lock_flushes\": {}}}",
-          dlm_stats.sent, dlm_stats.received, dlm_stats.requests, fast_hits, io.reads,
+          dlm_stats.sent, dlm_stats.received, dlm_stats.requests, dlm_stats.range_requests,
+          fast_hits, io.reads,
           io.read_bytes, io.writes, io.write_bytes, f->stats().commits, f->lock_flushes(),
           f->ag_lock_flushes());
     });
