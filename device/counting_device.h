@@ -1,6 +1,6 @@
 // device/counting_device.h — a BlockDevice that counts the I/O passing through it to
-// another one: operations and bytes, for the daemon's statistics (`-o stats_file=`) and
-// for benchmarks that must show, say, that a second pass over a dataset reads nothing.
+// another one: operations, bytes and latencies, for the daemon's statistics (`sharedfs
+// top`, the metrics endpoint, `-o stats_file=`) and for benchmarks that must show, say, that a second pass over a dataset reads nothing.
 //
 // Thread-safety: like the device it wraps; the counters are atomics.
 // Ownership: does not own the wrapped device, which must outlive it.
@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdint>
 
+#include "common/latency_histogram.h"
 #include "device/device.h"
 
 namespace sharedfs::device {
@@ -35,9 +36,14 @@ class CountingDevice final : public BlockDevice {
     uint64_t flushes = 0;
   };
   Counts counts() const;
+  // How long reads, writes and flushes took in the wrapped device.
+  const LatencyHistogram& read_latency() const { return read_latency_; }
+  const LatencyHistogram& write_latency() const { return write_latency_; }
+  const LatencyHistogram& flush_latency() const { return flush_latency_; }
 
  private:
   BlockDevice& base_;
+  LatencyHistogram read_latency_, write_latency_, flush_latency_;
   std::atomic<uint64_t> reads_{0}, read_bytes_{0}, writes_{0}, write_bytes_{0}, flushes_{0};
 };
 

@@ -161,6 +161,13 @@ bool ClusterLockService::shared_between_threads(const LockName& name) {
 
 Result<Lock> ClusterLockService::lock(LockName name, LockMode mode) {
   if (mode == LockMode::kNL) return make_lock(name, mode);  // excludes nothing, anywhere
+  const auto start = std::chrono::steady_clock::now();
+  auto lock = lock_waiting(name, mode);
+  if (lock) wait_latency_[static_cast<size_t>(mode)].observe(std::chrono::steady_clock::now() - start);
+  return lock;
+}
+
+Result<Lock> ClusterLockService::lock_waiting(LockName name, LockMode mode) {
   if (withdrawn_) return withdrawn_status(name);
   if (name.space == LockSpace::kOpen) return lock_uncached(name, mode, /*try_only=*/false);
   const ResourceName r = ResourceName::from(name);

@@ -20,6 +20,7 @@
 // is called on the LockCache while mu_ is held.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -30,6 +31,7 @@
 #include <optional>
 #include <thread>
 
+#include "common/latency_histogram.h"
 #include "dlm/dlm_node.h"
 #include "dlm/lock_service.h"
 #include "dlm/node_lock_gate.h"
@@ -58,6 +60,11 @@ class ClusterLockService final : public LockService {
 
   // Locks taken without the driver thread (tests, `sharedfs stats`).
   uint64_t fast_path_hits() const;
+  // How long lock() took to grant, by mode (PR, EX): the wait for other
+  // nodes and for this node's other threads together.
+  const LatencyHistogram& wait_latency(LockMode mode) const {
+    return wait_latency_[static_cast<size_t>(mode)];
+  }
 
  private:
   struct Entry {
@@ -87,6 +94,8 @@ class ClusterLockService final : public LockService {
   // Locks that exclude other nodes but not this node's threads (EX taken as shared here).
   static bool shared_between_threads(const LockName& name);
   void unlock(const LockName& name, LockMode mode) override;
+  // lock() without the timing.
+  Result<Lock> lock_waiting(LockName name, LockMode mode);
   Result<Lock> lock_uncached(LockName name, LockMode mode, bool try_only);
   void unlock_uncached(const ResourceName& r);
   void on_blocked(const ResourceName& name);
@@ -107,6 +116,7 @@ class ClusterLockService final : public LockService {
   std::deque<std::function<void()>> flushes_;  // GUARDED_BY(mu_)
   bool stop_ = false;                          // GUARDED_BY(mu_)
   std::atomic<bool> withdrawn_{false};
+  std::array<LatencyHistogram, 3> wait_latency_;  // by LockMode
   std::condition_variable flush_cv_;
   std::thread flusher_;
 };

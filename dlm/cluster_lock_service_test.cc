@@ -99,3 +99,88 @@ TEST(ClusterLockService, ThreadsOfOneNodeExcludeEachOther) {
 
 }  // namespace
 }  // namespace sharedfs::dlm
+
+namespace sharedfs::dlm {
+namespace {
+
+// `sharedfs locks|status|top` ask every node through one: each answers on its driver
+// thread; a node without a responder is reported missing once the wait is over.
+TEST(ClusterLockService, QueriesReachEveryMemberAndTheirAnswersComeBack) {
+  TwoNodes c;
+  for (int i = 0; i < 2; ++i) {
+    c.svc[i]->node().set_query_responder(
+        [i](const std::string& q, LockManager& lm, LockCache&) {
+          return fmt::format("node {} epoch {} heard {}", i + 1, lm.epoch(), q);
+        });
+  }
+  auto answers = c.svc[0]->node().query_all("who", std::chrono::seconds(5));
+  ASSERT_EQ(answers.size(), 2u);
+  EXPECT_EQ(answers[1], "node 1 epoch 1 heard who");
+  EXPECT_EQ(answers[2], "node 2 epoch 1 heard who");
+  EXPECT_EQ(c.svc[1]->node().view_members(), (std::vector<uint32_t>{1, 2}));
+
+  c.svc[1]->node().set_query_responder({});  // node 2 stops answering
+  const auto start = std::chrono::steady_clock::now();
+  answers = c.svc[0]->node().query_all("again", std::chrono::milliseconds(300));
+  EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(300));
+  ASSERT_EQ(answers.size(), 1u);
+  EXPECT_TRUE(answers.contains(1));
+}
+
+// The lock table an operator sees: the master lists the holder and the waiter with its
+// wait, the holder's cache shows that another node wants the lock; --busy leaves idle
+// resources out.
+TEST(ClusterLockService, SnapshotsShowHoldersWaitersAndWaitTimes) {
+  TwoNodes c;
+  const LockName busy{LockSpace::kInode, 11}, idle{LockSpace::kInode, 12};
+  auto held = c.svc[0]->lock(busy, LockMode::kEX);
+  ASSERT_OK(held);
+  { ASSERT_OK(c.svc[0]->lock(idle, LockMode::kPR)); }
+  std::atomic<bool> got{false};
+  std::thread waiter([&] {
+    auto l = c.svc[1]->lock(busy, LockMode::kPR);
+    EXPECT_OK(l);
+    got = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ASSERT_FALSE(got.load());
+  LockTableSnapshot all[2], busy_only[2];
+  std::vector<LockCache::CachedLock> cached;
+  for (int i = 0; i < 2; ++i) {
+    c.svc[i]->node().call([&](LockManager& lm, LockCache& cache) {
+      all[i] = lm.snapshot(false, 100);
+      busy_only[i] = lm.snapshot(true, 100);
+      if (i == 0) cached = cache.snapshot(true, 100, nullptr);
+    });
+  }
+  const ResourceName r = ResourceName::from(busy);
+  const LockTableSnapshot::Mastered* m = nullptr;
+  for (auto& s : busy_only) {
+    for (auto& x : s.mastered) {
+      EXPECT_EQ(x.name, r) << "an idle resource in the busy view";
+      m = &x;
+    }
+  }
+  ASSERT_NE(m, nullptr) << "the waited-for resource is in nobody's busy view";
+  ASSERT_EQ(m->granted.size(), 1u);
+  EXPECT_EQ(m->granted[0].owner.id, NodeId(1));
+  EXPECT_EQ(m->granted[0].mode, LockMode::kEX);
+  ASSERT_EQ(m->waiting.size(), 1u);
+  EXPECT_EQ(m->waiting[0].owner.id, NodeId(2));
+  EXPECT_EQ(m->waiting[0].mode, LockMode::kPR);
+  EXPECT_GE(m->waiting[0].waited, 200u);
+  EXPECT_EQ(all[0].mastered.size() + all[1].mastered.size(), 2u);
+  // Node 2's own request is in progress, node 1 knows node 2 waits.
+  ASSERT_EQ(busy_only[1].pending.size(), 1u);
+  EXPECT_EQ(busy_only[1].pending[0].wanted, LockMode::kPR);
+  ASSERT_EQ(cached.size(), 1u);
+  EXPECT_EQ(cached[0].name, r);
+  EXPECT_EQ(cached[0].wanted_elsewhere, LockMode::kPR);
+  EXPECT_EQ(cached[0].users, 1);
+  held->reset();
+  waiter.join();
+  EXPECT_TRUE(got.load());
+}
+
+}  // namespace
+}  // namespace sharedfs::dlm

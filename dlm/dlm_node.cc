@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <set>
 
 namespace sharedfs::dlm {
 
@@ -33,7 +34,8 @@ DlmNode::DlmNode(DlmNodeOptions options, std::unique_ptr<ZmqTransport> transport
       transport_(std::move(transport)),
       manager_(LockManagerOptions{opts_.self, opts_.cluster_secret, transport_.get(),
                                   opts_.retransmit_ms, /*log_rejected=*/true,
-                                  [this](const Message& m) { heartbeats_in_.push_back(m); }}),
+                                  [this](const Message& m) { heartbeats_in_.push_back(m); },
+                                  [this](const Message& m) { on_query(m); }}),
       cache_(manager_, std::move(flush), std::move(blocked)),
       wake_fd_(wake_fd),
       codec_(opts_.cluster_secret),
@@ -140,16 +142,118 @@ void DlmNode::withdraw() {
 
 DlmNode::MembershipStatus DlmNode::membership_status() {
   MembershipStatus out;
+  call([&](LockManager&, LockCache&) { out = membership_status_on_driver(); });
+  return out;
+}
+
+DlmNode::MembershipStatus DlmNode::membership_status_on_driver() {
+  MembershipStatus out;
+  out.awaiting_replay = manager_.awaiting_replay();
+  if (!agent_) return out;
+  const uint64_t now = now_ms();
+  out.joined = agent_->joined();
+  out.expelled = agent_->expelled();
+  out.coordinator = agent_->coordinator(now);
+  out.view = agent_->view();
+  out.peers = agent_->peers(now);
+  return out;
+}
+
+void DlmNode::set_query_responder(QueryResponder responder) {
+  call([&](LockManager&, LockCache&) { responder_ = std::move(responder); });
+}
+
+// Driver thread: a question from another node (answered at once), or an answer to ours.
+void DlmNode::on_query(const Message& m) {
+  if (m.type == MessageType::kQuery) {
+    if (!responder_) return;
+    Message reply;
+    reply.type = MessageType::kQueryReply;
+    reply.from = opts_.self;
+    reply.to = m.from.id;
+    reply.req_id = m.req_id;
+    reply.text = responder_(m.text, manager_, cache_);
+    if (reply.text.size() > kMaxQueryText) {
+      reply.text = R"({"error": "answer too large"})";
+    }
+    transport_->send(reply.to, codec_.encode(reply));
+    return;
+  }
+  std::lock_guard lock(mu_);
+  auto it = answers_.find(m.req_id);
+  if (it == answers_.end()) return;  // asked before, given up on since
+  it->second[m.from.id.value] = m.text;
+  answers_cv_.notify_all();
+}
+
+std::vector<uint32_t> DlmNode::view_members() {
+  std::vector<uint32_t> out;
   call([&](LockManager& lm, LockCache&) {
-    out.awaiting_replay = lm.awaiting_replay();
-    if (!agent_) return;
-    const uint64_t now = now_ms();
-    out.joined = agent_->joined();
-    out.expelled = agent_->expelled();
-    out.coordinator = agent_->coordinator(now);
-    out.view = agent_->view();
-    out.peers = agent_->peers(now);
+    for (const Member& m : lm.members()) out.push_back(m.id.value);
   });
+  return out;
+}
+
+std::map<uint32_t, std::string> DlmNode::query_all(const std::string& question,
+                                                   std::chrono::milliseconds timeout) {
+  uint64_t id = 0;
+  {
+    std::lock_guard lock(mu_);
+    id = next_query_++;
+    answers_[id];
+  }
+  // Sends the question to every configured node that has not answered yet. Queries travel
+  // outside the link layer (no retransmission) and ZeroMQ drops what it cannot queue yet,
+  // so the question is asked again until the answers are in.
+  auto ask = [this, id, question](LockManager&, LockCache&) {
+    std::set<uint32_t> answered;
+    {
+      std::lock_guard lock(mu_);
+      auto it = answers_.find(id);
+      if (it == answers_.end()) return;  // the asker gave up meanwhile
+      for (const auto& [node, text] : it->second) answered.insert(node);
+    }
+    // Every configured node is asked: one outside the view (withdrawn, or not heard) may
+    // still answer, and says why it is out. Only the members are waited for.
+    for (const Peer& p : opts_.peers) {
+      if (p.id == opts_.self.id || answered.contains(p.id.value)) continue;
+      Message q;
+      q.type = MessageType::kQuery;
+      q.from = opts_.self;
+      q.to = p.id;
+      q.req_id = id;
+      q.text = question;
+      transport_->send(p.id, codec_.encode(q));
+    }
+  };
+  std::vector<uint32_t> members;
+  call([&](LockManager& lm, LockCache& cache) {
+    for (const Member& m : lm.members()) members.push_back(m.id.value);
+    std::string own = responder_ ? responder_(question, lm, cache) : std::string();
+    {
+      std::lock_guard lock(mu_);
+      answers_[id][opts_.self.id.value] = std::move(own);
+    }
+    ask(lm, cache);
+  });
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  constexpr auto kAskAgain = std::chrono::milliseconds(200);
+  std::unique_lock lock(mu_);
+  auto all_in = [&] {
+    const auto& got = answers_[id];
+    return std::all_of(members.begin(), members.end(),
+                       [&](uint32_t m) { return got.contains(m); });
+  };
+  while (!all_in()) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= deadline) break;
+    if (answers_cv_.wait_until(lock, std::min(deadline, now + kAskAgain), all_in)) break;
+    lock.unlock();
+    post(ask);
+    lock.lock();
+  }
+  auto out = std::move(answers_[id]);
+  answers_.erase(id);
   return out;
 }
 

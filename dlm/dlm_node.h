@@ -18,6 +18,7 @@
 #include <deque>
 #include <functional>
 #include <future>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -83,6 +84,22 @@ class DlmNode {
     std::set<Member> awaiting_replay;
   };
   MembershipStatus membership_status();
+  // The same, for code already on the driver thread (a query responder).
+  MembershipStatus membership_status_on_driver();
+
+  // Operator queries (`sharedfs status|locks|top`, tools/control_socket.h) travel between
+  // the nodes on the DLM's sockets. The responder answers a question on the driver thread
+  // and must not block; until one is set, questions go unanswered.
+  using QueryResponder =
+      std::function<std::string(const std::string& question, LockManager&, LockCache&)>;
+  void set_query_responder(QueryResponder responder);
+  // Asks every configured node (this one too) and waits up to `timeout` for the answers
+  // of the current view's members: node id -> answer. Nodes outside the view are in it
+  // only if they answered meanwhile; a member that did not answer in time is missing.
+  std::map<uint32_t, std::string> query_all(const std::string& question,
+                                            std::chrono::milliseconds timeout);
+  // The ids of the current epoch's members: whose answers query_all() waits for.
+  std::vector<uint32_t> view_members();
 
  private:
   DlmNode(DlmNodeOptions options, std::unique_ptr<ZmqTransport> transport,
@@ -98,6 +115,8 @@ class DlmNode {
   // Driver thread only.
   std::unique_ptr<MembershipAgent> agent_;
   std::vector<Message> heartbeats_in_;
+  QueryResponder responder_;
+  void on_query(const Message& m);
   MessageCodec codec_;  // heartbeats out
   std::mutex mu_;
   std::condition_variable membership_cv_;  // joined/left changed
@@ -105,6 +124,10 @@ class DlmNode {
   bool stop_ = false;       // GUARDED_BY(mu_)
   bool joined_ = false;     // GUARDED_BY(mu_)
   bool left_ = false;       // GUARDED_BY(mu_)
+  // Queries this node asked, by id: the answers so far.
+  uint64_t next_query_ = 1;                                        // GUARDED_BY(mu_)
+  std::map<uint64_t, std::map<uint32_t, std::string>> answers_;  // GUARDED_BY(mu_)
+  std::condition_variable answers_cv_;
   std::thread thread_;
 };
 

@@ -121,4 +121,18 @@ void LockCache::pump(const ResourceName& name) {
   }
 }
 
+
+std::vector<LockCache::CachedLock> LockCache::snapshot(bool busy_only, size_t limit,
+                                                       size_t* total) const {
+  std::vector<CachedLock> out;
+  if (total != nullptr) *total = entries_.size();
+  for (const auto& [name, e] : entries_) {
+    const bool busy = e.busy || e.blocked.has_value() || !e.waiters.empty();
+    if (busy_only && !busy) continue;
+    if (out.size() >= limit) break;
+    out.push_back({name, e.granted, e.users, e.waiters.size(), e.blocked, e.busy});
+  }
+  return out;
+}
+
 }  // namespace sharedfs::dlm

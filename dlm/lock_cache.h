@@ -51,6 +51,19 @@ class LockCache {
   // The LockManager's id of the cached lock (to read or set its value block).
   std::optional<LockId> lock_id(const ResourceName& name) const;
 
+  // One cached lock as `sharedfs locks` shows it.
+  struct CachedLock {
+    ResourceName name;
+    std::optional<LockMode> granted;
+    int users = 0;
+    size_t local_waiters = 0;        // this node's threads waiting for a stronger mode
+    std::optional<LockMode> wanted_elsewhere;  // another node waits: give it up when free
+    bool flushing = false;           // a request or the flush hook is in progress
+  };
+  // With `busy_only`, only locks someone waits for (here or elsewhere) or in transition.
+  // At most `limit`; `total` gets how many are cached.
+  std::vector<CachedLock> snapshot(bool busy_only, size_t limit, size_t* total) const;
+
  private:
   struct Waiter {
     LockMode mode;

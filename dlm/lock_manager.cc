@@ -23,6 +23,7 @@ struct LockManager::ClientLock {
   Completion done;
   LockValueBlock lvb;
   BlockingCallback blocking;
+  uint64_t since = 0;  // tick() time the request in progress started
 };
 
 // A granted lock as the master sees it.
@@ -41,6 +42,7 @@ struct LockManager::Queued {
   uint64_t req_id = 0;
   LockMode mode = LockMode::kNL;
   uint8_t flags = 0;
+  uint64_t since = 0;  // tick() time it was queued here (after recovery: requeued)
 };
 
 // A resource this node masters. While recovering, `raw` entries are records handed over by
@@ -113,6 +115,7 @@ LockId LockManager::lock(const ResourceName& name, LockMode mode, LockFlags flag
   cl->id = next_lock_id_++;
   cl->name = name;
   cl->op = Op::kLock;
+  cl->since = now_;
   cl->req_id = next_req_id_++;
   cl->target = mode;
   cl->flags = flags.try_lock ? kFlagTry : 0;
@@ -137,6 +140,7 @@ Status LockManager::convert(LockId id, LockMode mode, LockFlags flags, Completio
     return Status::ok();
   }
   cl.op = Op::kConvert;
+  cl.since = now_;
   cl.req_id = next_req_id_++;
   cl.target = mode;
   cl.flags = flags.try_lock ? kFlagTry : 0;
@@ -161,6 +165,7 @@ Status LockManager::unlock(LockId id, Completion done) {
     return make_status(Code::kBusy, "dlm lock {} has a request in progress", id.value);
   }
   cl.op = Op::kUnlock;
+  cl.since = now_;
   cl.req_id = next_req_id_++;
   cl.flags = 0;
   cl.done = std::move(done);
@@ -316,7 +321,7 @@ void LockManager::on_request(const Message& m) {
   Resource& res = resource(m.name);
   switch (m.op) {
     case Op::kLock:
-      res.waiting.push_back({m.from, m.lock_id, m.req_id, m.mode, m.flags});
+      res.waiting.push_back({m.from, m.lock_id, m.req_id, m.mode, m.flags, now_});
       break;
     case Op::kConvert: {
       MasterLock* g = find_lock(res.granted, m.from, m.lock_id);
@@ -325,7 +330,7 @@ void LockManager::on_request(const Message& m) {
         return;
       }
       if (m.mode > g->mode) {
-        res.converting.push_back({m.from, m.lock_id, m.req_id, m.mode, m.flags});
+        res.converting.push_back({m.from, m.lock_id, m.req_id, m.mode, m.flags, now_});
         break;
       }
       if (m.has_lvb && g->mode == LockMode::kEX) write_back(res, m.lvb);
@@ -850,11 +855,11 @@ void LockManager::rebuild(Resource& res, bool had_record, std::vector<Message>& 
       case Op::kNone:
         break;
       case Op::kLock:
-        res.waiting.push_back({r.from, r.lock_id, r.req_id, r.mode, r.flags});
+        res.waiting.push_back({r.from, r.lock_id, r.req_id, r.mode, r.flags, now_});
         break;
       case Op::kConvert:
         if (r.granted && r.mode > *r.granted) {
-          res.converting.push_back({r.from, r.lock_id, r.req_id, r.mode, r.flags});
+          res.converting.push_back({r.from, r.lock_id, r.req_id, r.mode, r.flags, now_});
           break;
         }
         // A down-convert: the client already holds the lower mode.
@@ -930,6 +935,10 @@ void LockManager::receive(std::span<const std::byte> bytes) {
     return;
   }
   const Message& m = *decoded;
+  if (m.type == MessageType::kQuery || m.type == MessageType::kQueryReply) {
+    if (opts_.on_query) opts_.on_query(m);  // operator tools: no epoch, no link
+    return;
+  }
   if (m.type == MessageType::kHeartbeat) {
     // Membership travels outside the epochs it decides.
     if (opts_.on_heartbeat) {
@@ -1032,6 +1041,8 @@ void LockManager::dispatch(const Message& m) {
       on_reports_done(m);
       break;
     case MessageType::kHeartbeat:
+    case MessageType::kQuery:
+    case MessageType::kQueryReply:
       break;  // handled in receive()
   }
 }
@@ -1065,6 +1076,55 @@ size_t LockManager::pending_requests() const {
   size_t n = 0;
   for (const auto& [id, cl] : locks_) n += cl->op != Op::kNone ? 1 : 0;
   return n;
+}
+
+LockTableSnapshot LockManager::snapshot(bool busy_only, size_t limit) const {
+  LockTableSnapshot out;
+  out.locks_total = locks_.size();
+  out.mastered_total = resources_.size() + range_tables_.size();
+  auto waited = [this](uint64_t since) { return now_ > since ? now_ - since : 0; };
+  std::vector<std::pair<uint64_t, LockTableSnapshot::Mastered>> found;
+  for (const auto& [name, res] : resources_) {
+    const bool busy = !res->converting.empty() || !res->waiting.empty() || !res->hold.empty();
+    if (busy_only && !busy) continue;
+    LockTableSnapshot::Mastered m;
+    m.name = name;
+    for (const MasterLock& g : res->granted) m.granted.push_back({g.owner, g.mode});
+    uint64_t longest = 0;
+    for (const auto* queue : {&res->converting, &res->waiting}) {
+      for (const Queued& q : *queue) {
+        m.waiting.push_back({q.owner, q.mode, queue == &res->converting, waited(q.since)});
+        longest = std::max(longest, waited(q.since));
+      }
+    }
+    m.held_back_for.assign(res->hold.begin(), res->hold.end());
+    found.emplace_back(longest, std::move(m));
+  }
+  for (const auto& [name, table] : range_tables_) {
+    if (busy_only && table.waiting() == 0) continue;
+    LockTableSnapshot::Mastered m;
+    m.name = name;
+    m.ranges_held = table.held().size();
+    m.ranges_waiting = table.waiting();
+    found.emplace_back(0, std::move(m));
+  }
+  // The longest waits first: what an operator looks for.
+  std::stable_sort(found.begin(), found.end(),
+                   [](const auto& a, const auto& b) { return a.first > b.first; });
+  if (found.size() > limit) {
+    found.resize(limit);
+    out.truncated = true;
+  }
+  for (auto& [longest, m] : found) out.mastered.push_back(std::move(m));
+  for (const auto& [id, cl] : locks_) {
+    if (cl->op == Op::kNone) continue;
+    if (out.pending.size() >= limit) {
+      out.truncated = true;
+      break;
+    }
+    out.pending.push_back({cl->name, cl->granted, cl->op, cl->target, waited(cl->since)});
+  }
+  return out;
 }
 
 size_t LockManager::unacknowledged() const {

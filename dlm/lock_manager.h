@@ -83,6 +83,46 @@ struct LockManagerOptions {
   // Heartbeats (any epoch, any configured sender) go here instead of the link layer; null:
   // dropped. Runs on the caller's thread inside receive().
   std::function<void(const Message&)> on_heartbeat;
+  // Queries and their answers (operator tools, tools/control_socket.h), from any epoch;
+  // null: dropped. Runs on the caller's thread inside receive().
+  std::function<void(const Message&)> on_query;
+};
+
+// What `sharedfs locks` shows of one node's DLM (LockManager::snapshot). Times are in
+// tick() units (milliseconds under DlmNode).
+struct LockTableSnapshot {
+  struct Holder {
+    Member owner;
+    LockMode mode = LockMode::kNL;
+  };
+  struct Waiter {
+    Member owner;
+    LockMode mode = LockMode::kNL;
+    bool converting = false;  // holds the lock already and wants a stronger mode
+    uint64_t waited = 0;
+  };
+  // A resource this node masters: who holds it, who waits, who it is held back for.
+  struct Mastered {
+    ResourceName name;
+    std::vector<Holder> granted;
+    std::vector<Waiter> waiting;  // converting first, in the order they are served
+    std::vector<Member> held_back_for;  // departed members whose journals are not replayed
+    size_t ranges_held = 0;             // range tables (posix record locks)
+    size_t ranges_waiting = 0;
+  };
+  // A request of this node in progress.
+  struct Pending {
+    ResourceName name;
+    std::optional<LockMode> granted;
+    Op op = Op::kNone;
+    LockMode wanted = LockMode::kNL;
+    uint64_t waited = 0;
+  };
+  std::vector<Mastered> mastered;
+  std::vector<Pending> pending;
+  size_t mastered_total = 0;  // resources and range tables mastered, before filtering
+  size_t locks_total = 0;     // this node's locks
+  bool truncated = false;     // `limit` left some out
 };
 
 struct LockManagerStats {
@@ -157,6 +197,8 @@ class LockManager {
   // --- Introspection (tests, `sharedfs locks`) ---
   const Member& self() const { return opts_.self; }
   uint64_t epoch() const { return epoch_; }
+  // The members of the current epoch.
+  const std::vector<Member>& members() const { return members_; }
   // Waiting for other members' recovery reports of the current epoch.
   bool recovering() const { return recovering_; }
   // Locks with a request in progress.
@@ -172,6 +214,10 @@ class LockManager {
   // Departed members whose journals are not replayed yet, as this node knows them.
   const std::set<Member>& awaiting_replay() const { return pending_replay_; }
   const LockManagerStats& stats() const { return stats_; }
+  // The mastered resources and this node's requests in progress; with `busy_only`, only
+  // resources that someone waits for (or that are held back for a replay). At most `limit`
+  // resources, the longest waits first.
+  LockTableSnapshot snapshot(bool busy_only, size_t limit) const;
 
  private:
   struct ClientLock;

@@ -687,5 +687,25 @@ TEST(RangeLocks, TheCodecCarriesRangeMessagesAndRejectsBadOnes) {
   EXPECT_EQ(r2->range->pid, 103u);
 }
 
+TEST(MessageCodec, CarriesQueriesAndTheirAnswers) {
+  MessageCodec codec("secret");
+  Message m;
+  m.type = MessageType::kQueryReply;
+  m.from = Member{NodeId(2), 5};
+  m.to = NodeId(1);
+  m.req_id = 77;
+  m.text = std::string(100000, 'x') + R"({"node": 2})";
+  auto back = codec.decode(codec.encode(m));
+  ASSERT_OK(back);
+  EXPECT_EQ(back->type, MessageType::kQueryReply);
+  EXPECT_EQ(back->req_id, 77u);
+  EXPECT_EQ(back->text, m.text);
+  // A length that runs past the body is malformed, not a crash.
+  auto bytes = codec.encode(m);
+  std::vector<std::byte> body(bytes.begin(), bytes.end() - kMacSize);
+  body[kHeaderSize + 8] = std::byte{0xff};  // the text length's low byte
+  EXPECT_FALSE(codec.decode(codec.seal(body)).is_ok());
+}
+
 }  // namespace
 }  // namespace sharedfs::dlm

@@ -36,6 +36,10 @@ std::string_view message_type_name(MessageType type) {
       return "range-reply";
     case MessageType::kRangeReport:
       return "range-report";
+    case MessageType::kQuery:
+      return "query";
+    case MessageType::kQueryReply:
+      return "query-reply";
   }
   return "?";
 }
@@ -88,6 +92,11 @@ class Writer {
   void optional_range(const std::optional<RecordLock>& r) {
     u8(r ? 1 : 0);
     if (r) range(*r);
+  }
+  void text(const std::string& t) {
+    SHAREDFS_CHECK(t.size() <= kMaxQueryText, "query text too long to encode");
+    u32(static_cast<uint32_t>(t.size()));
+    bytes(t.data(), t.size());
   }
 
  private:
@@ -176,6 +185,16 @@ class Reader {
     if (!flag()) return std::nullopt;
     return range();
   }
+  std::string text() {
+    const uint32_t n = u32();
+    if (n > kMaxQueryText || !need(n)) {
+      ok_ = false;
+      return {};
+    }
+    std::string t(n, '\0');
+    bytes(t.data(), n);
+    return t;
+  }
 
  private:
   bool need(size_t n) {
@@ -257,6 +276,11 @@ void write_body(const Message& m, Writer& w) {
     case MessageType::kRangeReport:
       w.name(m.name);
       w.optional_range(m.range);
+      break;
+    case MessageType::kQuery:
+    case MessageType::kQueryReply:
+      w.u64(m.req_id);
+      w.text(m.text);
       break;
   }
 }
@@ -353,6 +377,11 @@ void read_body(Message& m, Reader& r) {
       m.range = r.optional_range();
       if (!m.range) r.fail();
       break;
+    case MessageType::kQuery:
+    case MessageType::kQueryReply:
+      m.req_id = r.u64();
+      m.text = r.text();
+      break;
   }
 }
 
@@ -393,7 +422,7 @@ void MessageCodec::mac(std::span<const std::byte> data, uint8_t out[kMacSize]) c
 
 std::vector<std::byte> MessageCodec::encode(const Message& m) const {
   std::vector<std::byte> out;
-  out.reserve(kHeaderSize + 96 + kMacSize);
+  out.reserve(kHeaderSize + 96 + m.text.size() + kMacSize);
   Writer w(out);
   w.u32(kMessageMagic);
   w.u8(kMessageVersion);
@@ -441,7 +470,7 @@ Result<Message> MessageCodec::decode(std::span<const std::byte> bytes) const {
   Message m;
   const uint8_t type = h.u8();
   if (type < static_cast<uint8_t>(MessageType::kAck) ||
-      type > static_cast<uint8_t>(MessageType::kRangeReport)) {
+      type > static_cast<uint8_t>(MessageType::kQueryReply)) {
     return make_status(Code::kCorruption, "dlm message of unknown type {}", type);
   }
   m.type = static_cast<MessageType>(type);

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string>
 #include <span>
 #include <string_view>
 #include <vector>
@@ -37,6 +38,8 @@ inline constexpr size_t kHeaderSize = 52;
 inline constexpr size_t kMacSize = 32;
 // Hold and pending lists name departed members; more than this is not a real cluster.
 inline constexpr size_t kMaxListedMembers = 255;
+// A query's or answer's text: a lock table dump of a busy node fits many times over.
+inline constexpr size_t kMaxQueryText = size_t{64} << 20;
 
 enum class MessageType : uint8_t {
   kAck = 1,          // link level: acknowledges everything up to `ack`; no body
@@ -51,6 +54,10 @@ enum class MessageType : uint8_t {
   kRangeRequest = 9,  // client -> master: lock, test, unlock a range, or cancel a wait
   kRangeReply = 10,   // master -> client: the outcome of a lock or test
   kRangeReport = 11,  // recovery, client -> new master: one range this node's owner holds
+  // Operator tools (`sharedfs status|locks|top`, tools/control_socket.h), outside the link
+  // layer like heartbeats (seq 0, any epoch): best effort, the asker times out.
+  kQuery = 12,       // a question, as text (JSON)
+  kQueryReply = 13,  // its answer, as text (JSON)
 };
 std::string_view message_type_name(MessageType type);
 
@@ -79,7 +86,7 @@ struct Message {
   // Request, Reply, Blocking, Report.
   uint64_t lock_id = 0;
   // Request, Reply, Report (the request in progress on that lock); RangeRequest (kCancel:
-  // the lock request to cancel), RangeReply.
+  // the lock request to cancel), RangeReply; Query and QueryReply (which question).
   uint64_t req_id = 0;
   // Request, Report, Record, RangeRequest, RangeReport.
   ResourceName name;
@@ -111,6 +118,8 @@ struct Message {
   // ReportsDone: the newest replayed incarnation of each node that departed.
   // Heartbeat: the view's clean list (dlm/membership_agent.h).
   std::vector<Member> replayed;
+  // Query, QueryReply: the question or the answer.
+  std::string text;
 };
 
 // Signs and checks messages with HMAC-SHA256 keyed by the cluster secret.

@@ -950,9 +950,15 @@ struct statvfs FileSystem::statfs() const {
   return s;
 }
 
+const LatencyHistogram& FileSystem::journal_commit_latency() const {
+  return journal_->commit_latency();
+}
+
 FsStats FileSystem::stats() const {
   FsStats s;
   s.commits = journal_->stats().commits;
+  s.journal_used_blocks = journal_->log_used();
+  s.journal_capacity_blocks = journal_->log_capacity();
   s.data_bytes_written = data_written_.load();
   s.data_bytes_read = data_read_.load();
   s.orphans_freed_at_mount = orphans_freed_at_mount_;

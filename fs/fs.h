@@ -48,6 +48,7 @@
 #include <vector>
 
 #include "allocator/allocator.h"
+#include "common/latency_histogram.h"
 #include "common/status.h"
 #include "device/device.h"
 #include "dlm/lock_service.h"
@@ -133,6 +134,8 @@ struct DirListEntry {
 
 struct FsStats {
   uint64_t commits = 0;
+  uint64_t journal_used_blocks = 0;  // log blocks holding transactions not checkpointed
+  uint64_t journal_capacity_blocks = 0;
   uint64_t data_bytes_written = 0;
   uint64_t data_bytes_read = 0;
   uint64_t orphans_freed_at_mount = 0;
@@ -212,6 +215,8 @@ class FileSystem {
 
   struct statvfs statfs() const;
   FsStats stats() const;
+  // The journal's commit latencies (tools/metrics.h).
+  const LatencyHistogram& journal_commit_latency() const;
   // The inode numbers the kernel may still name (lookup count above 0): for tests.
   uint64_t lookup_count(Ino ino) const;
 

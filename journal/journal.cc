@@ -161,8 +161,17 @@ Status Journal::write_log(uint64_t pos, std::span<const std::byte> blocks) {
 }
 
 Result<uint64_t> Journal::commit(Transaction txn) {
-  std::lock_guard lock(mu_);
-  return commit_locked(txn);
+  if (txn.empty()) {
+    std::lock_guard lock(mu_);
+    return commit_locked(txn);
+  }
+  const auto start = std::chrono::steady_clock::now();
+  Result<uint64_t> seq = [&] {
+    std::lock_guard lock(mu_);
+    return commit_locked(txn);
+  }();
+  commit_latency_.observe(std::chrono::steady_clock::now() - start);
+  return seq;
 }
 
 Result<uint64_t> Journal::commit_locked(const Transaction& txn) {

@@ -34,6 +34,7 @@
 #include <span>
 #include <vector>
 
+#include "common/latency_histogram.h"
 #include "common/status.h"
 #include "device/device.h"
 #include "format/format.h"
@@ -98,6 +99,8 @@ class Journal {
   uint64_t log_capacity() const;  // usable log blocks
   uint64_t log_used() const;
   JournalStats stats() const;
+  // How long commits of non-empty transactions took, waiting for the journal included.
+  const LatencyHistogram& commit_latency() const { return commit_latency_; }
 
  private:
   struct Committed {
@@ -139,6 +142,7 @@ class Journal {
   std::map<uint64_t, Image> pending_;      // GUARDED_BY(mu_): not yet at home
   std::map<uint64_t, uint64_t> home_seq_;  // GUARDED_BY(mu_): seq at home, for live targets
   JournalStats stats_;                     // GUARDED_BY(mu_)
+  LatencyHistogram commit_latency_;
 };
 
 struct ReplayResult {

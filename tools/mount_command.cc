@@ -14,6 +14,7 @@
 #include <sstream>
 #include <thread>
 
+#include <mutex>
 #include <optional>
 
 #include "cluster/cluster_config.h"
@@ -25,6 +26,8 @@
 #include "dlm/cluster_lock_service.h"
 #include "fs/fs.h"
 #include "fs/fuse/fuse_frontend.h"
+#include "tools/control_socket.h"
+#include "tools/node_report.h"
 #include "tools/stats_file.h"
 #include "tools/status_command.h"
 
@@ -150,9 +153,17 @@ class Withdrawal {
   }
   void attach(dlm::ClusterLockService* locks) { locks_.store(locks); }
   bool happened() const { return done_.load(); }
+  std::string reason() const {
+    std::lock_guard l(mu_);
+    return reason_;
+  }
 
   void operator()(const std::string& reason) {
     if (done_.exchange(true)) return;
+    {
+      std::lock_guard l(mu_);
+      reason_ = reason;
+    }
     spdlog::critical("node {} withdraws from cluster \"{}\": {}. It writes nothing more and "
                      "every file operation fails with EIO; unmount it, then mount again to rejoin",
                      node_, cluster_, reason);
@@ -176,6 +187,8 @@ class Withdrawal {
   const std::atomic<fs::FileSystem*>& fs_;
   std::atomic<bool> done_{false};
   std::atomic<dlm::ClusterLockService*> locks_{nullptr};
+  mutable std::mutex mu_;
+  std::string reason_;  // GUARDED_BY(mu_)
 };
 
 // After joining: a configured node that is not in our view but whose disk heartbeat
@@ -417,7 +430,40 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
     });
     stats->start();
   }
+  // The operator's commands ask this node (and, through it, the others) over a local
+  // socket and over the DLM (tools/node_report.h).
+  fs::fuse::RequestMetrics request_metrics;
+  DaemonState daemon;
+  daemon.node = args.node;
+  daemon.cluster = config ? config->name : std::string();
+  daemon.cluster_id = sb.cluster_id;
+  daemon.device = args.device;
+  daemon.mountpoint = args.mountpoint;
+  daemon.fs = &mounted_fs;
+  daemon.locks = membership ? membership->locks.get() : nullptr;
+  daemon.io = &counted;
+  daemon.requests = &request_metrics;
+  daemon.withdrawn_reason = [&withdrawal] { return withdrawal.reason(); };
+  auto reporter = std::make_shared<NodeReporter>(std::move(daemon));
+  if (membership) {
+    membership->locks->node().set_query_responder(
+        [reporter](const std::string& q, dlm::LockManager& lm, dlm::LockCache& cache) {
+          return reporter->answer(q, &lm, &cache);
+        });
+  }
+  std::unique_ptr<ControlServer> control;
+  {
+    auto server = ControlServer::start(control_socket_path(sb.cluster_id, args.node),
+                                       [reporter](const std::string& r) { return reporter->handle(r); });
+    if (server) {
+      control = std::move(*server);
+    } else {
+      // The file system works without it; only the operator's view of this node is lost.
+      spdlog::warn("node {}: no control socket: {}", args.node, server.status().to_string());
+    }
+  }
   fs::fuse::FuseOptions fo = p.fuse;
+  fo.metrics = &request_metrics;
   fo.cluster = config.has_value();
   // flock and fcntl locks conflict across the cluster's nodes.
   std::unique_ptr<dlm::NodeLockGate> lock_gate;
@@ -448,6 +494,9 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
     }
   });
   if (!st && !mounted) report(fmt::format("sharedfs: {}\n", st.to_string()));
+  // Unmounted: nothing more to tell (the reporter reads what goes away below).
+  control.reset();
+  if (membership) membership->locks->node().set_query_responder({});
   advisory_locks.reset();  // the session is over: nobody holds or waits for one
   range_gate.reset();
   // Requests in flight that will never be answered (we withdrew): not waited for; the

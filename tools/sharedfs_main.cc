@@ -1,6 +1,6 @@
 // sharedfs: the operator's command: mount, cluster status, read-only inspection of a device
-// (debug) and persistent-reservation administration (reservation). `locks` and `top` come
-// with the operations tooling.
+// (debug), persistent-reservation administration (reservation), and the live cluster views
+// `locks` and `top`.
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
@@ -9,6 +9,7 @@
 #include "format/format.h"
 #include "fs/fs.h"
 #include "tools/mount_command.h"
+#include "tools/ops_commands.h"
 #include "tools/status_command.h"
 
 using namespace sharedfs;
@@ -151,13 +152,48 @@ int main(int argc, char** argv) {
 
   // --- status
   std::string status_config, status_device;
+  bool status_json = false;
   auto* status = app.add_subcommand(
       "status", "each node's state (alive, suspect, fenced, recovering, withdrawn, down), disk "
-                "heartbeat and reservation key");
+                "heartbeat, reservation key, version, journal use and recovery");
   status->add_option("--config", status_config, "the cluster config (TOML)")->required();
   status->add_option("DEVICE", status_device,
                      "the shared device (default: that of a mounted sharedfs of this cluster)");
-  status->callback([&] { rc = tools::run_status(status_config, status_device); });
+  status->add_flag("--json", status_json, "one JSON object instead of the table");
+  status->footer("Examples:\n  sharedfs status --config /etc/sharedfs/cluster.toml\n"
+                 "  sharedfs status --config /etc/sharedfs/cluster.toml --json /dev/nvme1n1");
+  status->callback([&] { rc = tools::run_status(status_config, status_device, status_json); });
+
+  // --- locks
+  tools::OpsTarget ops_target;
+  bool locks_busy = false, locks_json = false;
+  size_t locks_limit = 1000;
+  auto* locks = app.add_subcommand(
+      "locks", "cluster-wide DLM locks: each resource's master, holders and waiters with their "
+               "wait times (asks every node through a daemon of this host)");
+  locks->add_flag("--busy", locks_busy, "only resources someone waits for");
+  locks->add_flag("--json", locks_json, "one JSON object instead of the table");
+  locks->add_option("--limit", locks_limit, "at most this many resources per node")
+      ->capture_default_str();
+  locks->add_option("--config", ops_target.config,
+                    "the cluster config, when daemons of several clusters run here");
+  locks->footer("Examples:\n  sharedfs locks --busy\n  sharedfs locks --json --limit 100");
+  locks->callback([&] { rc = tools::run_locks(ops_target, locks_busy, locks_json, locks_limit); });
+
+  // --- top
+  double top_interval = 1.0;
+  unsigned top_count = 0;
+  bool top_json = false;
+  auto* top = app.add_subcommand(
+      "top", "live per-node rates: requests and latency, lock traffic, cache hits, device MB/s");
+  top->add_option("-i,--interval", top_interval, "seconds between refreshes")->capture_default_str();
+  top->add_option("-n,--count", top_count, "refreshes before exiting (0: until interrupted)")
+      ->capture_default_str();
+  top->add_flag("--json", top_json, "one JSON object per refresh, one per line");
+  top->add_option("--config", ops_target.config,
+                  "the cluster config, when daemons of several clusters run here");
+  top->footer("Examples:\n  sharedfs top\n  sharedfs top --json -n 10 -i 0.5");
+  top->callback([&] { rc = tools::run_top(ops_target, top_interval, top_count, top_json); });
 
   // --- debug
   std::string dev_path;

@@ -6,17 +6,23 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
+
+#include <nlohmann/json.hpp>
 
 #include "cluster/cluster_config.h"
 #include "cluster/failure_manager.h"
 #include "device/device.h"
 #include "fs/fs.h"
+#include "tools/control_socket.h"
 
 namespace sharedfs::tools {
 
+using json = nlohmann::json;
+
 std::string node_state_path(uint64_t cluster_id, uint32_t node) {
-  return fmt::format("/run/sharedfs/cluster-{}/node-{}", cluster_id, node);
+  return fmt::format("{}/cluster-{}/node-{}", run_dir(), cluster_id, node);
 }
 
 namespace {
@@ -52,7 +58,30 @@ std::string first_line(const std::string& path) {
 
 }  // namespace
 
-int run_status(const std::string& config_path, const std::string& device_arg) {
+// The daemons' own view (status query through a daemon of this host): nullopt when no
+// daemon of the cluster runs here.
+std::map<uint32_t, json> daemon_status(uint64_t cluster_id) {
+  std::map<uint32_t, json> out;
+  auto answer = ask_any_daemon(cluster_id, R"({"query": "status", "cluster": true})",
+                               std::chrono::seconds(5));
+  if (!answer) return out;
+  const json a = json::parse(*answer, nullptr, /*allow_exceptions=*/false);
+  if (!a.is_object() || !a.contains("nodes")) return out;
+  for (const auto& n : a["nodes"]) {
+    if (n.is_object() && n.contains("node")) out[n["node"].get<uint32_t>()] = n;
+  }
+  // A daemon of this host outside the others' view (withdrawn) answers on its own socket.
+  for (const auto& sock : find_control_sockets()) {
+    if (sock.cluster_id != cluster_id || out.contains(sock.node)) continue;
+    auto own = control_request(sock.path, R"({"query": "status"})", std::chrono::seconds(2));
+    if (!own) continue;
+    json j = json::parse(*own, nullptr, false);
+    if (j.is_object()) out[sock.node] = j;
+  }
+  return out;
+}
+
+int run_status(const std::string& config_path, const std::string& device_arg, bool as_json) {
   auto config = cluster::load_cluster_config(config_path);
   if (!config) return fail(config.status());
   std::string device = device_arg;
@@ -78,20 +107,20 @@ int run_status(const std::string& config_path, const std::string& device_arg) {
   if (auto st = beats.sample_after_beats(*dev->io, *sb, config->heartbeat_interval); !st) {
     return fail(st);
   }
+  const auto daemons = daemon_status(config->id);
 
-  fmt::print("cluster \"{}\" (id {}) on {}\n", config->name, config->id, device);
+  json out;
+  out["cluster"] = config->name;
+  out["cluster_id"] = config->id;
+  out["device"] = device;
   const auto* holder = rep->holder();
-  if (rep->type == device::ReservationType::kNone) {
-    fmt::print("reservation: none held (generation {})\n", rep->generation);
-  } else {
-    fmt::print("reservation: {}, held by key {:#018x} (generation {})\n",
-               device::reservation_type_name(rep->type), holder ? holder->key : 0, rep->generation);
-  }
-  fmt::print("{:>4}  {:<12}  {:<22}  {:>10}  {:<13}  {}\n", "node", "name", "state", "heartbeat",
-             "last change", "reservation key");
+  out["reservation"] = {{"type", std::string(device::reservation_type_name(rep->type))},
+                        {"holder_key", holder ? json(fmt::format("{:#018x}", holder->key)) : json(nullptr)},
+                        {"generation", rep->generation}};
   const auto now_ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
                                                 std::chrono::system_clock::now().time_since_epoch())
                                                 .count());
+  json nodes = json::array();
   for (const auto& n : config->nodes) {
     const uint32_t slot = n.id - 1;
     if (slot >= sb->geo.slots) continue;
@@ -101,7 +130,9 @@ int run_status(const std::string& config_path, const std::string& device_arg) {
     const bool moving = beats.moved(slot);
     std::string state;
     const std::string local = first_line(node_state_path(config->id, n.id));
-    if (local.starts_with("withdrawn")) {
+    const auto d = daemons.find(n.id);
+    const bool daemon_withdrawn = d != daemons.end() && d->second.value("state", "") == "withdrawn";
+    if (local.starts_with("withdrawn") || daemon_withdrawn) {
       state = "withdrawn";
     } else if (!s.readable) {
       state = "unreadable";
@@ -128,21 +159,71 @@ int run_status(const std::string& config_path, const std::string& device_arg) {
           break;
       }
     }
-    std::string age = "never";
-    if (s.readable && s.beat.timestamp_ns != 0 && now_ns > s.beat.timestamp_ns) {
-      age = fmt::format("{:.1f}s ago", static_cast<double>(now_ns - s.beat.timestamp_ns) / 1e9);
+    json nj{{"node", n.id}, {"name", n.name}, {"slot", slot}, {"state", state}};
+    nj["heartbeat"] = {{"counter", s.readable ? s.beat.counter : 0}, {"advancing", moving}};
+    nj["heartbeat"]["age_s"] =
+        s.readable && s.beat.timestamp_ns != 0 && now_ns > s.beat.timestamp_ns
+            ? json(static_cast<double>(now_ns - s.beat.timestamp_ns) / 1e9)
+            : json(nullptr);
+    nj["reservation_key"] = fmt::format("{:#018x}", key);
+    nj["key_registered"] = reg != nullptr;
+    nj["holds_reservation"] = reg != nullptr && reg->holds_reservation;
+    if (d != daemons.end()) {
+      const json& dj = d->second;
+      nj["daemon"] = dj;  // what the node says of itself (version, journal, membership)
+      nj["version"] = dj.value("version", "");
+      if (dj.contains("journal")) nj["journal_percent"] = dj["journal"].value("percent", 0.0);
+      nj["recovering"] = dj.value("recovering", false);
+    } else {
+      nj["daemon"] = nullptr;  // not answering: down, or a host we cannot ask
     }
-    std::string key_text = reg ? fmt::format("{:#018x}{}", key, reg->holds_reservation ? " (holder)" : "")
-                               : "not registered";
-    fmt::print("{:>4}  {:<12}  {:<22}  {:>10}  {:<13}  {}\n", n.id, n.name, state,
-               s.readable ? s.beat.counter : 0, age, key_text);
+    nodes.push_back(nj);
   }
+  out["nodes"] = nodes;
+  json others = json::array();
   // Keys on the device that belong to no configured node (another cluster, an operator).
   for (const auto& r : rep->registrants) {
     const bool ours = std::any_of(config->nodes.begin(), config->nodes.end(), [&](const auto& n) {
       return device::node_reservation_key(config->id, n.id) == r.key;
     });
-    if (!ours) fmt::print("other registrant: key {:#018x}, host {}\n", r.key, r.host.to_string());
+    if (!ours) others.push_back({{"key", fmt::format("{:#018x}", r.key)}, {"host", r.host.to_string()}});
+  }
+  out["other_registrants"] = others;
+  if (as_json) {
+    fmt::print("{}\n", out.dump(2));
+    return 0;
+  }
+
+  fmt::print("cluster \"{}\" (id {}) on {}\n", config->name, config->id, device);
+  if (rep->type == device::ReservationType::kNone) {
+    fmt::print("reservation: none held (generation {})\n", rep->generation);
+  } else {
+    fmt::print("reservation: {}, held by key {:#018x} (generation {})\n",
+               device::reservation_type_name(rep->type), holder ? holder->key : 0, rep->generation);
+  }
+  fmt::print("{:>4}  {:<12}  {:<22}  {:>10}  {:<10}  {:<28}  {:<8}  {:>7}  {}\n", "node", "name",
+             "state", "heartbeat", "age", "reservation key", "version", "journal", "recovery");
+  for (const auto& nj : nodes) {
+    const std::string age = nj["heartbeat"]["age_s"].is_null()
+                                ? "never"
+                                : fmt::format("{:.1f}s", nj["heartbeat"]["age_s"].get<double>());
+    std::string key_text = nj["key_registered"].get<bool>()
+                               ? nj["reservation_key"].get<std::string>() +
+                                     (nj["holds_reservation"].get<bool>() ? " (holder)" : "")
+                               : "not registered";
+    const bool answered = !nj["daemon"].is_null();
+    fmt::print("{:>4}  {:<12}  {:<22}  {:>10}  {:<10}  {:<28}  {:<8}  {:>7}  {}\n",
+               nj["node"].get<uint32_t>(), nj["name"].get<std::string>(),
+               nj["state"].get<std::string>(), nj["heartbeat"]["counter"].get<uint64_t>(), age,
+               key_text, answered ? nj.value("version", "?") : "-",
+               answered && nj.contains("journal_percent")
+                   ? fmt::format("{:.0f}%", nj["journal_percent"].get<double>())
+                   : "-",
+               !answered ? "-" : nj.value("recovering", false) ? "in progress" : "none");
+  }
+  for (const auto& o : others) {
+    fmt::print("other registrant: key {}, host {}\n", o["key"].get<std::string>(),
+               o["host"].get<std::string>());
   }
   return 0;
 }

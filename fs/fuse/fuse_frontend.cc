@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <csignal>
 #include <cstdlib>
@@ -290,6 +291,7 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   // Nobody else changes the file behind this node's back while it holds its locks: the
   // page cache stays valid across opens.
   fi->keep_cache = 1;
+  if (auto* m = ctx_of(req).opts.metrics) m->keep_cache_opens.fetch_add(1, std::memory_order_relaxed);
   set_append_mode(req, fi);
   fuse_reply_open(req, fi);
 }
@@ -312,6 +314,7 @@ void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_i
   auto n = fs_of(req).read_into(to_fs(req, ino), static_cast<uint64_t>(off),
                                 std::span<std::byte>(buf.data(), size));
   if (!n) return reply_status(req, n.status());
+  if (auto* m = ctx_of(req).opts.metrics) m->read_bytes.fetch_add(*n, std::memory_order_relaxed);
   fuse_reply_buf(req, reinterpret_cast<const char*>(buf.data()), *n);
 }
 
@@ -321,6 +324,7 @@ void op_write(fuse_req_t req, fuse_ino_t ino, const char* data, size_t size, off
                             std::as_bytes(std::span<const char>(data, size)),
                             appends_at_daemon_eof(req, fi));
   if (!n) return reply_status(req, n.status());
+  if (auto* m = ctx_of(req).opts.metrics) m->write_bytes.fetch_add(*n, std::memory_order_relaxed);
   fuse_reply_write(req, *n);
 }
 
@@ -543,6 +547,21 @@ void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_i
   fuse_reply_lseek(req, static_cast<off_t>(*r));
 }
 
+// Times a request handler into RequestMetrics: Timed<kOp, op_x>::call has op_x's signature.
+// The metrics pointer is read before the handler runs: the request is gone once replied.
+template <FuseOp kOp, auto Handler>
+struct Timed;
+template <FuseOp kOp, typename... Args, void (*Handler)(fuse_req_t, Args...)>
+struct Timed<kOp, Handler> {
+  static void call(fuse_req_t req, Args... args) {
+    RequestMetrics* m = ctx_of(req).opts.metrics;
+    if (m == nullptr) return Handler(req, args...);
+    const auto start = std::chrono::steady_clock::now();
+    Handler(req, args...);
+    m->of(kOp).observe(std::chrono::steady_clock::now() - start);
+  }
+};
+
 // advisory_locks: the cluster's flock and fcntl locks (FuseOptions::advisory_locks). Without
 // them the lock ops stay unset, so the kernel keeps advisory locks to this host, and so do
 // FLUSH and RELEASE (data is written through and opens hold nothing): libfuse answers the
@@ -550,43 +569,43 @@ void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_i
 fuse_lowlevel_ops make_ops(bool advisory_locks) {
   fuse_lowlevel_ops ops{};
   ops.init = op_init;
-  ops.lookup = op_lookup;
-  ops.forget = op_forget;
-  ops.forget_multi = op_forget_multi;
-  ops.getattr = op_getattr;
-  ops.setattr = op_setattr;
-  ops.readlink = op_readlink;
-  ops.mknod = op_mknod;
-  ops.mkdir = op_mkdir;
-  ops.unlink = op_unlink;
-  ops.rmdir = op_rmdir;
-  ops.symlink = op_symlink;
-  ops.rename = op_rename;
-  ops.link = op_link;
-  ops.open = op_open;
-  ops.create = op_create;
-  ops.read = op_read;
-  ops.write = op_write;
+  ops.lookup = Timed<FuseOp::kLookup, op_lookup>::call;
+  ops.forget = Timed<FuseOp::kForget, op_forget>::call;
+  ops.forget_multi = Timed<FuseOp::kForget, op_forget_multi>::call;
+  ops.getattr = Timed<FuseOp::kGetattr, op_getattr>::call;
+  ops.setattr = Timed<FuseOp::kSetattr, op_setattr>::call;
+  ops.readlink = Timed<FuseOp::kReadlink, op_readlink>::call;
+  ops.mknod = Timed<FuseOp::kMknod, op_mknod>::call;
+  ops.mkdir = Timed<FuseOp::kMkdir, op_mkdir>::call;
+  ops.unlink = Timed<FuseOp::kUnlink, op_unlink>::call;
+  ops.rmdir = Timed<FuseOp::kRmdir, op_rmdir>::call;
+  ops.symlink = Timed<FuseOp::kSymlink, op_symlink>::call;
+  ops.rename = Timed<FuseOp::kRename, op_rename>::call;
+  ops.link = Timed<FuseOp::kLink, op_link>::call;
+  ops.open = Timed<FuseOp::kOpen, op_open>::call;
+  ops.create = Timed<FuseOp::kCreate, op_create>::call;
+  ops.read = Timed<FuseOp::kRead, op_read>::call;
+  ops.write = Timed<FuseOp::kWrite, op_write>::call;
   if (advisory_locks) {
-    ops.flush = op_flush;
-    ops.release = op_release;
-    ops.getlk = op_getlk;
-    ops.setlk = op_setlk;
-    ops.flock = op_flock;
+    ops.flush = Timed<FuseOp::kFlush, op_flush>::call;
+    ops.release = Timed<FuseOp::kRelease, op_release>::call;
+    ops.getlk = Timed<FuseOp::kGetlk, op_getlk>::call;
+    ops.setlk = Timed<FuseOp::kSetlk, op_setlk>::call;
+    ops.flock = Timed<FuseOp::kFlock, op_flock>::call;
   }
-  ops.fsync = op_fsync;
-  ops.opendir = op_opendir;
-  ops.readdir = op_readdir;
-  ops.readdirplus = op_readdirplus;
-  ops.releasedir = op_releasedir;
-  ops.fsyncdir = op_fsyncdir;
-  ops.statfs = op_statfs;
-  ops.setxattr = op_setxattr;
-  ops.getxattr = op_getxattr;
-  ops.listxattr = op_listxattr;
-  ops.removexattr = op_removexattr;
-  ops.fallocate = op_fallocate;
-  ops.lseek = op_lseek;
+  ops.fsync = Timed<FuseOp::kFsync, op_fsync>::call;
+  ops.opendir = Timed<FuseOp::kOpendir, op_opendir>::call;
+  ops.readdir = Timed<FuseOp::kReaddir, op_readdir>::call;
+  ops.readdirplus = Timed<FuseOp::kReaddir, op_readdirplus>::call;
+  ops.releasedir = Timed<FuseOp::kReleasedir, op_releasedir>::call;
+  ops.fsyncdir = Timed<FuseOp::kFsyncdir, op_fsyncdir>::call;
+  ops.statfs = Timed<FuseOp::kStatfs, op_statfs>::call;
+  ops.setxattr = Timed<FuseOp::kSetxattr, op_setxattr>::call;
+  ops.getxattr = Timed<FuseOp::kGetxattr, op_getxattr>::call;
+  ops.listxattr = Timed<FuseOp::kListxattr, op_listxattr>::call;
+  ops.removexattr = Timed<FuseOp::kRemovexattr, op_removexattr>::call;
+  ops.fallocate = Timed<FuseOp::kFallocate, op_fallocate>::call;
+  ops.lseek = Timed<FuseOp::kLseek, op_lseek>::call;
   return ops;
 }
 
@@ -689,6 +708,9 @@ Status serve(FileSystem& fs, const FuseOptions& opts, const std::function<void()
       if (on_mounted) on_mounted();
       EntryInvalidations invalidations(se, fs);
       fs.set_entry_invalidator([&](Ino parent, const std::string& name) {
+        if (opts.metrics != nullptr) {
+          opts.metrics->entry_invalidations.fetch_add(1, std::memory_order_relaxed);
+        }
         return invalidations.post(parent, name);
       });
       fuse_loop_config* cfg = fuse_loop_cfg_create();

@@ -11,6 +11,7 @@
 #include "common/status.h"
 #include "dlm/advisory_locks.h"
 #include "fs/fs.h"
+#include "fs/fuse/request_metrics.h"
 
 namespace sharedfs::fs::fuse {
 
@@ -44,6 +45,8 @@ struct FuseOptions {
   // conflict across nodes; OPEN, FLUSH and RELEASE are then answered (a lock is dropped
   // when its file is closed). Null: the kernel keeps advisory locks to this host.
   dlm::AdvisoryLocks* advisory_locks = nullptr;
+  // Request latencies and cache decisions (fs/fuse/request_metrics.h); null: not counted.
+  RequestMetrics* metrics = nullptr;
 };
 
 // Mounts `fs` at opts.mountpoint. `on_mounted` runs once the kernel mount exists (a

@@ -127,8 +127,7 @@ TEST(FailureTest, KilledNodeIsFencedAndReplayedAndNothingFsyncedIsLost) {
   // Everything fsync'd, by any node (the dead one included), is there, read on node 2.
   record.verify(c, 2);
   EXPECT_TRUE(wait_until_recovered(c, 3, 5s));
-  const auto status = testing::run_command(std::string(SHAREDFS_BIN) + " status --config " + c.config() +
-                                           " " + c.image());
+  const auto status = c.cli("status --config " + c.config() + " " + c.image());
   EXPECT_EQ(status.rc, 0) << status.out;
   EXPECT_NE(status.out.find("recovered by 1"), std::string::npos) << status.out;
   EXPECT_NE(status.out.find("alive"), std::string::npos) << status.out;

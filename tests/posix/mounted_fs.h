@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -72,8 +73,11 @@ class FuseDaemon {
   // The daemon's stdout and stderr go to `path` (appended) instead of the test's.
   void set_log(std::string path) { log_ = std::move(path); }
   const std::string& log() const { return log_; }
-  // Set in the daemon's environment (test hooks such as SHAREDFS_TEST_REPLAY_WRITE_DELAY_MS).
-  void set_env(std::vector<std::pair<std::string, std::string>> env) { env_ = std::move(env); }
+  // Set in the daemon's environment (test hooks such as SHAREDFS_TEST_REPLAY_WRITE_DELAY_MS),
+  // besides what was set before.
+  void set_env(std::vector<std::pair<std::string, std::string>> env) {
+    env_.insert(env_.end(), env.begin(), env.end());
+  }
   // Run the daemon through these words first (e.g. nsenter --net=... for a network namespace).
   void set_prefix(std::vector<std::string> prefix) { prefix_ = std::move(prefix); }
 
@@ -311,6 +315,8 @@ class MountedCluster {
                           ClusterTimings timings = {}, std::vector<std::string> hosts = {})
       : image_("cluster", image_bytes, "--nodes 4 --cluster-id 77 --cluster-name test"),
         timings_(timings) {
+    static std::atomic<int> clusters{0};
+    run_dir_ = "/tmp/sharedfs-run-" + std::to_string(getpid()) + "-" + std::to_string(clusters++);
     config_ = (image_.dir() / "cluster.toml").string();
     std::set<int> ports;
     // Distinct ports: a port free a moment ago may come back from the next probe.
@@ -323,8 +329,21 @@ class MountedCluster {
       std::filesystem::create_directories(mnt);
       daemons_.push_back(std::make_unique<FuseDaemon>(mnt.string()));
       daemons_.back()->set_log((image_.dir() / ("node" + std::to_string(i) + ".log")).string());
+      // Every test cluster has id 77: each keeps its control sockets and state files in
+      // its own directory, where its commands (cli()) look too.
+      daemons_.back()->set_env({{"SHAREDFS_RUN_DIR", run_dir()}});
     }
     write_config(config_, "cluster-test-secret-0123");
+  }
+
+  // Where this cluster's daemons put their control sockets (tools/control_socket.h): short
+  // (a Unix socket's path has at most 107 bytes; the scratch directory's name is long),
+  // removed with the cluster.
+  const std::string& run_dir() const { return run_dir_; }
+  // `sharedfs ARGS` as an operator on this host runs it (shell words, 2>&1).
+  CommandResult cli(const std::string& args) const {
+    return run_command("SHAREDFS_RUN_DIR=" + run_dir() + " " + std::string(SHAREDFS_BIN) + " " +
+                       args + " 2>&1");
   }
 
   // A config for the same nodes (e.g. with another secret) at `path`.
@@ -346,6 +365,7 @@ class MountedCluster {
   void kill(int node) { daemons_.at(node - 1)->kill9(); }
   ~MountedCluster() {
     unmount_all();
+    std::filesystem::remove_all(run_dir_);
     if (::testing::Test::HasFailure()) {
       // The daemons' own account, before the scratch directory goes.
       for (int i = 1; i <= nodes(); ++i) {
@@ -393,6 +413,7 @@ class MountedCluster {
   ClusterTimings timings_;
   std::vector<std::string> addresses_;
   std::string config_;
+  std::string run_dir_;
   std::vector<std::unique_ptr<FuseDaemon>> daemons_;
 };
 

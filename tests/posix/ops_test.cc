@@ -1,0 +1,201 @@
+// The operator's commands against a live 3-node cluster on this host (issue 7): `sharedfs
+// status`, `locks` and `top`, each answered by the daemons over their control sockets and
+// the DLM, with the JSON output parsed and checked against what the test did.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include "tests/posix/mounted_fs.h"
+
+namespace sharedfs {
+namespace {
+
+using json = nlohmann::json;
+using testing::MountedCluster;
+using Clock = std::chrono::steady_clock;
+
+class OpsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    c_ = std::make_unique<MountedCluster>(3);
+    ASSERT_TRUE(c_->mount_all());
+  }
+  void TearDown() override {
+    if (c_) {
+      EXPECT_EQ(c_->unmount_all(), 0);
+    }
+    c_.reset();
+  }
+  // Runs `sharedfs ARGS` and parses its output as one JSON document.
+  json cli_json(const std::string& args) {
+    auto r = c_->cli(args);
+    EXPECT_EQ(r.rc, 0) << args << ": " << r.out;
+    json j = json::parse(r.out, nullptr, /*allow_exceptions=*/false);
+    EXPECT_FALSE(j.is_discarded()) << args << " printed no JSON: " << r.out;
+    return j;
+  }
+
+  std::unique_ptr<MountedCluster> c_;
+};
+
+TEST_F(OpsTest, StatusShowsEveryNodeAndWhatItsDaemonSays) {
+  const json s = cli_json("status --json --config " + c_->config() + " " + c_->image());
+  EXPECT_EQ(s["cluster"], "test");
+  EXPECT_EQ(s["cluster_id"], 77);
+  ASSERT_EQ(s["nodes"].size(), 3u);
+  int holders = 0;
+  for (const auto& n : s["nodes"]) {
+    SCOPED_TRACE(n.dump());
+    EXPECT_EQ(n["state"], "alive");
+    EXPECT_TRUE(n["key_registered"].get<bool>());
+    EXPECT_TRUE(n["heartbeat"]["advancing"].get<bool>());
+    EXPECT_LT(n["heartbeat"]["age_s"].get<double>(), 2.0);
+    holders += n["holds_reservation"].get<bool>() ? 1 : 0;
+    ASSERT_TRUE(n["daemon"].is_object());
+    EXPECT_EQ(n["version"], SHAREDFS_VERSION);
+    EXPECT_EQ(n["daemon"]["node"], n["node"]);
+    EXPECT_EQ(n["daemon"]["state"], "mounted");
+    EXPECT_EQ(n["daemon"]["mountpoint"], c_->mnt(n["node"].get<int>()));
+    EXPECT_EQ(n["daemon"]["membership"]["members"], json::array({1, 2, 3}));
+    EXPECT_FALSE(n["recovering"].get<bool>());
+    EXPECT_GE(n["journal_percent"].get<double>(), 0.0);
+    EXPECT_LE(n["journal_percent"].get<double>(), 100.0);
+    EXPECT_GT(n["daemon"]["journal"]["capacity_blocks"].get<uint64_t>(), 0u);
+  }
+  EXPECT_EQ(holders, 1) << "exactly one node holds the reservation";
+  // The table says the same.
+  auto t = c_->cli("status --config " + c_->config() + " " + c_->image());
+  EXPECT_EQ(t.rc, 0) << t.out;
+  EXPECT_NE(t.out.find(SHAREDFS_VERSION), std::string::npos) << t.out;
+  EXPECT_NE(t.out.find("journal"), std::string::npos) << t.out;
+
+  // A node unmounted: still listed from the disk, no daemon answers for it.
+  ASSERT_TRUE(c_->unmount(3));
+  const json after = cli_json("status --json --config " + c_->config() + " " + c_->image());
+  ASSERT_EQ(after["nodes"].size(), 3u);
+  EXPECT_EQ(after["nodes"][2]["state"], "down");
+  EXPECT_TRUE(after["nodes"][2]["daemon"].is_null());
+  EXPECT_FALSE(after["nodes"][2]["key_registered"].get<bool>());
+  EXPECT_EQ(after["nodes"][0]["daemon"]["membership"]["members"], json::array({1, 2}));
+}
+
+// The symptom on one node (a flock that does not return on node 2), the cause on another
+// (node 1 holds it), in one view, with the wait time; gone once node 1 lets go.
+TEST_F(OpsTest, LocksBusyShowsTheHolderOnOneNodeAndTheWaiterOnAnother) {
+  testing::spit(c_->path(1, "contended"), "x");
+  const int fd1 = ::open(c_->path(1, "contended").c_str(), O_RDWR);
+  ASSERT_GE(fd1, 0);
+  ASSERT_EQ(::flock(fd1, LOCK_EX), 0);
+  std::atomic<bool> granted{false};
+  std::thread waiter([&] {
+    const int fd2 = ::open(c_->path(2, "contended").c_str(), O_RDWR);
+    ASSERT_GE(fd2, 0);
+    EXPECT_EQ(::flock(fd2, LOCK_EX), 0);
+    granted = true;
+    ::close(fd2);
+  });
+  const std::string cmd = "locks --busy --json --config " + c_->config();
+  json found;
+  const auto deadline = Clock::now() + std::chrono::seconds(10);
+  while (Clock::now() < deadline && found.is_null()) {
+    const json l = cli_json(cmd);
+    EXPECT_EQ(l["members"], json::array({1, 2, 3}));
+    EXPECT_TRUE(l["unanswered"].empty()) << l.dump();
+    for (const auto& r : l["resources"]) {
+      if (!r["waiters"].empty() && r["waiters"][0]["waited_ms"].get<uint64_t>() >= 300) found = r;
+    }
+    if (found.is_null()) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  ASSERT_FALSE(found.is_null()) << "no waited-for lock in `sharedfs " << cmd << "`";
+  SCOPED_TRACE(found.dump());
+  EXPECT_FALSE(granted.load());
+  EXPECT_NE(found["resource"].get<std::string>().find(":flock"), std::string::npos);
+  const int master = found["master"].get<int>();
+  EXPECT_TRUE(master >= 1 && master <= 3);
+  ASSERT_EQ(found["holders"].size(), 1u);
+  EXPECT_EQ(found["holders"][0]["node"], 1);
+  EXPECT_EQ(found["holders"][0]["mode"], "EX");
+  ASSERT_EQ(found["waiters"].size(), 1u);
+  EXPECT_EQ(found["waiters"][0]["node"], 2);
+  EXPECT_EQ(found["waiters"][0]["mode"], "EX");
+  // The table names both sides.
+  auto t = c_->cli("locks --busy --config " + c_->config());
+  EXPECT_EQ(t.rc, 0) << t.out;
+  EXPECT_NE(t.out.find(found["resource"].get<std::string>()), std::string::npos) << t.out;
+  EXPECT_NE(t.out.find("2 EX"), std::string::npos) << t.out;
+
+  ASSERT_EQ(::flock(fd1, LOCK_UN), 0);
+  waiter.join();
+  EXPECT_TRUE(granted.load());
+  ::close(fd1);
+  // Nobody waits any more.
+  bool quiet = false;
+  for (int i = 0; i < 50 && !quiet; ++i) {
+    quiet = cli_json(cmd)["resources"].empty();
+    if (!quiet) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(quiet);
+  // Without --busy, the cluster's cached locks are there: the file's inode lock, cached by
+  // the nodes that opened it.
+  std::string inode = found["resource"].get<std::string>();
+  inode.resize(inode.rfind(":flock"));
+  const json all = cli_json("locks --json --config " + c_->config());
+  json file;
+  for (const auto& r : all["resources"]) {
+    if (r["resource"] == inode) file = r;
+  }
+  ASSERT_FALSE(file.is_null()) << inode << " not in " << all.dump();
+  std::set<int> holders;
+  for (const auto& h : file["holders"]) holders.insert(h["node"].get<int>());
+  EXPECT_TRUE(holders.contains(1) && holders.contains(2)) << file.dump();
+}
+
+TEST_F(OpsTest, TopShowsTheWorkOfTheNodeThatWorks) {
+  std::atomic<bool> stop{false};
+  std::thread writer([&] {
+    const std::string block(4096, 'w');
+    for (int i = 0; !stop; ++i) {
+      testing::spit(c_->path(2, "busy-" + std::to_string(i % 50)), block);
+    }
+  });
+  auto r = c_->cli("top --json -n 3 -i 0.5 --config " + c_->config());
+  stop = true;
+  writer.join();
+  ASSERT_EQ(r.rc, 0) << r.out;
+  std::istringstream lines(r.out);
+  std::string line;
+  int frames = 0;
+  double node2_ops = 0, node1_ops = 0;
+  bool saw_write = false;
+  while (std::getline(lines, line)) {
+    const json f = json::parse(line, nullptr, /*allow_exceptions=*/false);
+    ASSERT_FALSE(f.is_discarded()) << line;
+    ++frames;
+    ASSERT_EQ(f["nodes"].size(), 3u) << line;
+    for (const auto& n : f["nodes"]) {
+      EXPECT_GT(n["interval_s"].get<double>(), 0.3);
+      if (n["node"] == 2) {
+        node2_ops += n["ops_per_s"].get<double>();
+        saw_write = saw_write || n["ops"].contains("write");
+        EXPECT_GE(n["op_avg_ms"].get<double>(), 0.0);
+      }
+      if (n["node"] == 1) node1_ops += n["ops_per_s"].get<double>();
+    }
+  }
+  EXPECT_EQ(frames, 3);
+  EXPECT_GT(node2_ops, 50.0) << r.out;
+  EXPECT_TRUE(saw_write) << r.out;
+  EXPECT_LT(node1_ops, node2_ops) << r.out;
+}
+
+}  // namespace
+}  // namespace sharedfs
