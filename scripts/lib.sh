@@ -13,7 +13,7 @@ SHAREDFS_PACKAGES=(
   libnvme-dev libjson-c-dev libssl-dev
   libzmq3-dev cppzmq-dev
   libgtest-dev libgmock-dev
-  libcli11-dev libspdlog-dev libfmt-dev libtomlplusplus-dev
+  libcli11-dev libspdlog-dev libfmt-dev libtomlplusplus-dev nlohmann-json3-dev
   libisal-dev libblkid-dev liburing-dev
   e2fsprogs xfsprogs btrfs-progs util-linux iproute2 clang-format
   clang-14 libclang-rt-14-dev
