@@ -136,6 +136,13 @@ class Checker {
                          dev_.describe(), primary_error, backup_error);
     }
     sb_ = primary ? *primary : *backup;
+    if (sb_.incompat_features & Superblock::kIncompatSlotAreaRewrite) {
+      // The slot area is half old, half new layout: tunefs finishes it from the superblock.
+      return make_status(Code::kBusy,
+                         "{}: a tunefs.sharedfs change of the slot layout was interrupted; run "
+                         "`tunefs.sharedfs DEVICE` again to finish it, then check",
+                         dev_.describe());
+    }
     if (sb_.geo.total_blocks > size / sb_.geo.block_size) {
       return make_status(Code::kInvalidArgument,
                          "{} is smaller ({} bytes) than the file system on it ({} blocks)",

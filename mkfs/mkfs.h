@@ -39,6 +39,13 @@ struct MkfsOptions {
 // header blocks, and each AG's header and bitmap; a 1 TiB device formats in seconds.
 Result<format::Superblock> make_filesystem(device::BlockDevice& dev, const MkfsOptions& opts);
 
+// Writes the slot area of `sb`'s geometry as mkfs leaves it: the slot table with every
+// slot free, idle heartbeats, empty orphan lists, and clean, empty journals whose first
+// transaction will carry `tail_sequence`. Not the superblocks. Only while no node uses the
+// device (mkfs, tunefs).
+Status write_slot_area(device::BlockDevice& dev, const format::Superblock& sb,
+                       uint64_t tail_sequence);
+
 // The file system type already on `path` ("ext4", "xfs", "btrfs", "sharedfs", ...), or
 // nullopt when libblkid and our own probe find none.
 Result<std::optional<std::string>> detect_signature(const std::string& path);
