@@ -12,6 +12,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/status.h"
@@ -22,6 +23,9 @@ namespace sharedfs::mkfs {
 
 // Called with (done, total) as allocation groups are written.
 using ProgressFn = std::function<void(uint64_t done, uint64_t total)>;
+// Called with the phase a long check is in and (done, total) within it; a new phase name
+// starts a new line of progress.
+using PhaseProgressFn = std::function<void(std::string_view phase, uint64_t done, uint64_t total)>;
 
 struct MkfsOptions {
   uint32_t slots = format::kDefaultSlots;
@@ -63,7 +67,7 @@ struct FsckOptions {
   // false: check the allocation structures only, not the tree (for tests of the allocator,
   // which allocate blocks and inodes that no file owns).
   bool walk_tree = true;
-  ProgressFn progress;
+  PhaseProgressFn progress;
 };
 
 struct FsckProblem {
