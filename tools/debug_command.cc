@@ -212,7 +212,7 @@ void add_debug_command(CLI::App& app, int& rc) {
   debug->footer(
       "Examples:\n"
       "  sharedfs debug superblock /dev/nvme1n1\n"
-      "  sharedfs debug inode 16642 disk.img        the root directory of a 1 GiB image\n"
+      "  sharedfs debug inode 1 disk.img            the root directory\n"
       "  sharedfs debug journal 0 disk.img --json   node 1's journal, as replay sees it");
   auto add = [&](const char* name, const char* help) {
     auto* sub = debug->add_subcommand(name, help);
@@ -236,13 +236,15 @@ void add_debug_command(CLI::App& app, int& rc) {
   hb->callback([&rc, args] { rc = run(*args, debug::inspect_heartbeats, print_heartbeats); });
 
   auto* inode = add("inode", "one inode: fields, extents, xattrs, directory entries");
-  inode->add_option("N", args->inode, "inode number (its block number; the root's is in "
-                                      "`sharedfs debug superblock`)")
+  inode->add_option("N", args->inode,
+                    "inode number as `ls -i` on a mount shows it (its block number; 1: the root)")
       ->required();
   device_arg(inode);
   inode->add_option("--max-entries", args->max_entries, "directory entries listed at most")
       ->capture_default_str();
-  inode->footer("Example:\n  sharedfs debug inode 16642 /dev/nvme1n1 --json");
+  inode->footer(
+      "Examples:\n  sharedfs debug inode 1 /dev/nvme1n1          the root directory\n"
+      "  sharedfs debug inode $(stat -c %i /mnt/shared/file) /dev/nvme1n1 --json");
   inode->callback([&rc, args] {
     rc = run(
         *args,

@@ -16,6 +16,8 @@ namespace {
 using device::AlignedBuffer;
 using format::Superblock;
 
+constexpr uint64_t kMountRootIno = 1;
+
 std::string hex64(uint64_t v) { return fmt::format("{:#018x}", v); }
 
 std::string uuid_string(const std::array<uint8_t, 16>& u) {
@@ -94,8 +96,8 @@ std::string_view file_type_name(format::FileType t) {
 
 // The suggestion every "not an inode" error ends with.
 std::string try_root(const Superblock& sb, const std::string& device) {
-  return fmt::format("list a directory with `sharedfs debug inode {} {}` (the root)",
-                     sb.root_inode, device);
+  return fmt::format("list a directory with `sharedfs debug inode 1 {}` (the root, inode {})",
+                     device, sb.root_inode);
 }
 
 // Whether `ino` is an allocated block of its AG's data area, or an error naming why not.
@@ -263,6 +265,9 @@ Result<Json> inspect_heartbeats(device::BlockDevice& dev) {
 
 Result<Json> inspect_inode(device::BlockDevice& dev, uint64_t ino, const InodeOptions& opts) {
   ASSIGN_OR_RETURN(Superblock sb, fs::read_superblock(dev));
+  // The root is inode 1 on the mount (FUSE's root id; `ls -i` shows it), and block 1 is
+  // the slot table, never an inode.
+  if (ino == kMountRootIno) ino = sb.root_inode;
   RETURN_IF_ERROR(check_allocated(dev, sb, ino, opts.device_name));
   AlignedBuffer buf(sb.geo.block_size);
   RETURN_IF_ERROR(read_block(dev, sb, ino, buf));

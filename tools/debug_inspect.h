@@ -31,7 +31,7 @@ struct InodeOptions {
   size_t max_entries = 1000;  // directory entries listed at most (all are counted)
   std::string device_name;    // the DEVICE argument, for the commands errors suggest
 };
-// Inode `ino` (its block number): fields, flags, extents or inline data, xattrs, and for a
+// Inode `ino` (its block number; 1, the root's number on a mount, means the root): fields, flags, extents or inline data, xattrs, and for a
 // directory its entries. Fails naming the inode and the fix when `ino` is no inode.
 Result<Json> inspect_inode(device::BlockDevice& dev, uint64_t ino, const InodeOptions& opts);
 
