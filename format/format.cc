@@ -427,8 +427,8 @@ bool Superblock::same_contents(const Superblock& o) const {
          created_ns == o.created_ns && compat_features == o.compat_features &&
          incompat_features == o.incompat_features && ro_compat_features == o.ro_compat_features &&
          root_inode == o.root_inode && label == o.label && cluster_name == o.cluster_name &&
-         rewrite_sequence == o.rewrite_sequence &&
-         a.block_size == b.block_size && a.slots == b.slots && a.total_blocks == b.total_blocks &&
+         rewrite_sequence == o.rewrite_sequence && a.block_size == b.block_size &&
+         a.slots == b.slots && a.total_blocks == b.total_blocks &&
          a.journal_blocks == b.journal_blocks && a.ag_start == b.ag_start &&
          a.ag_blocks == b.ag_blocks && a.ag_count == b.ag_count &&
          a.last_ag_blocks == b.last_ag_blocks;

@@ -398,8 +398,8 @@ Result<std::optional<ScannedTransaction>> scan_transaction(device::BlockDevice& 
         return std::optional<ScannedTransaction>(std::move(t));
       }
       default:
-        return none(fmt::format("block {} is not a journal block of transaction {} (magic {:#010x})",
-                                p, seq, magic));
+        return none(fmt::format(
+            "block {} is not a journal block of transaction {} (magic {:#010x})", p, seq, magic));
     }
   }
   return none(fmt::format("transaction {} from block {} has no commit block", seq, pos));

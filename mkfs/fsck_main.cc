@@ -68,9 +68,10 @@ int main(int argc, char** argv) {
     fmt::print("{}: {} problem(s), {} fixed, {} left\n", path, report->problems.size(), fixed,
                report->problems.size() - fixed);
     if (!yes && fixed < report->problems.size()) {
-      fmt::print("To repair what can be repaired safely, run `fsck.sharedfs -y {}` while no node "
-                 "has it mounted.\n",
-                 path);
+      fmt::print(
+          "To repair what can be repaired safely, run `fsck.sharedfs -y {}` while no node "
+          "has it mounted.\n",
+          path);
     }
   }
   return report->exit_code();

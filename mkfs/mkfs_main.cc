@@ -1,7 +1,6 @@
 // mkfs.sharedfs: formats a shared device. Option parsing and printing only; the work is
 // make_filesystem() in mkfs.cc.
 #include <fmt/format.h>
-
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>

@@ -37,8 +37,9 @@ Result<Superblock> read_primary(device::BlockDevice& dev) {
   RETURN_IF_ERROR(dev.read(0, buf.span()).with_context("reading the superblock"));
   auto sb = Superblock::decode(buf.span(), 0);
   if (!sb) {
-    return sb.status().with_context("the primary superblock cannot be used (`fsck.sharedfs -n "
-                                    "DEVICE` tells more; -y restores it from the backup)");
+    return sb.status().with_context(
+        "the primary superblock cannot be used (`fsck.sharedfs -n "
+        "DEVICE` tells more; -y restores it from the backup)");
   }
   return sb;
 }
@@ -63,8 +64,8 @@ Status layout_does_not_fit(const Superblock& sb, uint32_t slots, uint64_t journa
       std::min<uint64_t>((g.ag_start - 2) / (journal_blocks + 2), format::kMaxSlots));
   std::string at_size =
       fit_slots > g.slots
-          ? fmt::format("with journals of {} blocks, {} slots fit (--add-slots {})",
-                        journal_blocks, fit_slots, fit_slots - g.slots)
+          ? fmt::format("with journals of {} blocks, {} slots fit (--add-slots {})", journal_blocks,
+                        fit_slots, fit_slots - g.slots)
           : fmt::format("with journals of {} blocks no slot can be added", journal_blocks);
   const uint64_t room = g.ag_start - 2 - 2 * uint64_t{slots};
   const uint64_t max_journal = room / slots;
@@ -87,8 +88,8 @@ Status layout_does_not_fit(const Superblock& sb, uint32_t slots, uint64_t journa
 Result<uint64_t> check_slot_area_quiet(device::BlockDevice& dev, const Superblock& sb) {
   const auto& g = sb.geo;
   auto unreadable = [&](const Status& st, std::string_view what) {
-    return st.with_context(fmt::format("{} cannot be read; `fsck.sharedfs -n DEVICE` tells more",
-                                       what));
+    return st.with_context(
+        fmt::format("{} cannot be read; `fsck.sharedfs -n DEVICE` tells more", what));
   };
   auto table = read_struct<format::SlotTable>(dev, sb, g.slot_table_blkno);
   if (!table) return unreadable(table.status(), "the slot table");
@@ -182,16 +183,16 @@ Result<TunePlan> plan_tune(device::BlockDevice& dev, const TuneRequest& req) {
     plan.journal_sequence = sb.rewrite_sequence;
     plan.after.incompat_features &= ~kRewriteBit;
     plan.after.rewrite_sequence = 0;
-    plan.changes.push_back({"slot area", "half rewritten",
-                            fmt::format("{} slots, journals of {} blocks", g.slots,
-                                        g.journal_blocks)});
+    plan.changes.push_back(
+        {"slot area", "half rewritten",
+         fmt::format("{} slots, journals of {} blocks", g.slots, g.journal_blocks)});
     return plan;
   }
 
   if (req.label && *req.label != sb.label) {
     if (req.label->size() >= format::kLabelSize) {
-      return make_status(Code::kInvalidArgument, "label \"{}\" is longer than {} bytes",
-                         *req.label, format::kLabelSize - 1);
+      return make_status(Code::kInvalidArgument, "label \"{}\" is longer than {} bytes", *req.label,
+                         format::kLabelSize - 1);
     }
     plan.changes.push_back({"label", sb.label, *req.label});
     plan.after.label = *req.label;
@@ -210,8 +211,8 @@ Result<TunePlan> plan_tune(device::BlockDevice& dev, const TuneRequest& req) {
                          "cluster id 0 is not valid: give the id of the cluster config "
                          "([cluster] id) that will mount the device");
     }
-    plan.changes.push_back({"cluster id", fmt::format("{:#x}", sb.cluster_id),
-                            fmt::format("{:#x}", *req.cluster_id)});
+    plan.changes.push_back(
+        {"cluster id", fmt::format("{:#x}", sb.cluster_id), fmt::format("{:#x}", *req.cluster_id)});
     plan.after.cluster_id = *req.cluster_id;
   }
 
@@ -290,9 +291,9 @@ Status check_not_in_use(device::BlockDevice& dev, device::Reservations& resv,
       if (!first[s].readable || first[s].beat.state != format::HeartbeatState::kMounted) continue;
       const auto& now = beats.slots()[s];
       if (beats.moved(s)) {
-        users.push_back(fmt::format(
-            "node {} is mounted (slot {}: its heartbeat advanced from {} to {})", now.beat.node_id,
-            s, first[s].beat.counter, now.beat.counter));
+        users.push_back(
+            fmt::format("node {} is mounted (slot {}: its heartbeat advanced from {} to {})",
+                        now.beat.node_id, s, first[s].beat.counter, now.beat.counter));
       } else {
         warnings.push_back(fmt::format(
             "slot {} says node {} is mounted but its heartbeat is still: it died without "

@@ -75,12 +75,14 @@ int main(int argc, char** argv) {
   if (st = mkfs::apply_tune(*dev->io, *plan); !st) {
     fail(st);
     if (st.code() == Code::kReservationConflict) {
-      fmt::print(stderr, "A cluster holds the device's reservation; see `sharedfs reservation "
-                         "report {}`.\n",
+      fmt::print(stderr,
+                 "A cluster holds the device's reservation; see `sharedfs reservation "
+                 "report {}`.\n",
                  path);
     } else if (plan->relayout) {
-      fmt::print(stderr, "If the slot layout change was cut short, run `tunefs.sharedfs {}` "
-                         "again to finish it.\n",
+      fmt::print(stderr,
+                 "If the slot layout change was cut short, run `tunefs.sharedfs {}` "
+                 "again to finish it.\n",
                  path);
     }
     return 1;

@@ -167,8 +167,8 @@ void print_journal(const Json& j) {
   }
   for (const auto& t : j["transactions"]) {
     fmt::print("  {:>10}  {:>10}  {:>6}  {:>6}  {:>7}  {}\n", t["sequence"].get<uint64_t>(),
-               t["start"].get<uint64_t>(), t["blocks"].get<uint64_t>(),
-               t["images"].get<uint64_t>(), t["revokes"].size(), join(t["targets"]));
+               t["start"].get<uint64_t>(), t["blocks"].get<uint64_t>(), t["images"].get<uint64_t>(),
+               t["revokes"].size(), join(t["targets"]));
   }
   fmt::print("log ends       {}\n", j["end_reason"].get<std::string>());
 }
@@ -236,8 +236,9 @@ void add_debug_command(CLI::App& app, int& rc) {
   hb->callback([&rc, args] { rc = run(*args, debug::inspect_heartbeats, print_heartbeats); });
 
   auto* inode = add("inode", "one inode: fields, extents, xattrs, directory entries");
-  inode->add_option("N", args->inode,
-                    "inode number as `ls -i` on a mount shows it (its block number; 1: the root)")
+  inode
+      ->add_option("N", args->inode,
+                   "inode number as `ls -i` on a mount shows it (its block number; 1: the root)")
       ->required();
   device_arg(inode);
   inode->add_option("--max-entries", args->max_entries, "directory entries listed at most")
@@ -255,8 +256,9 @@ void add_debug_command(CLI::App& app, int& rc) {
         print_inode);
   });
 
-  auto* journal = add("journal", "a slot's journal: header and the transactions replay would "
-                                 "apply");
+  auto* journal = add("journal",
+                      "a slot's journal: header and the transactions replay would "
+                      "apply");
   journal->add_option("SLOT", args->slot, "slot number (node N uses slot N-1)")->required();
   device_arg(journal);
   journal->footer("Example:\n  sharedfs debug journal 2 /dev/nvme1n1     the journal of node 3");

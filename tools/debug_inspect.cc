@@ -200,7 +200,8 @@ Result<std::vector<format::DirEntry>> hashed_entries(device::BlockDevice& dev, c
 
 // Printable text as is; anything else as hex.
 Json bytes_json(const std::vector<uint8_t>& v) {
-  const bool printable = std::all_of(v.begin(), v.end(), [](uint8_t c) { return c >= 0x20 && c < 0x7f; });
+  const bool printable =
+      std::all_of(v.begin(), v.end(), [](uint8_t c) { return c >= 0x20 && c < 0x7f; });
   if (printable) return std::string(v.begin(), v.end());
   std::string hex = "0x";
   for (uint8_t c : v) hex += fmt::format("{:02x}", c);
@@ -279,10 +280,10 @@ Result<Json> inspect_inode(device::BlockDevice& dev, uint64_t ino, const InodeOp
   }
   auto decoded = format::Inode::decode(buf.span(), {ino, sb.fs_tag()});
   if (!decoded) {
-    return decoded.status().with_context(fmt::format(
-        "inode {} is damaged (or was caught mid-write on a mounted device: try again); "
-        "`fsck.sharedfs -n {}` checks it while nothing is mounted",
-        ino, opts.device_name));
+    return decoded.status().with_context(
+        fmt::format("inode {} is damaged (or was caught mid-write on a mounted device: try again); "
+                    "`fsck.sharedfs -n {}` checks it while nothing is mounted",
+                    ino, opts.device_name));
   }
   const format::Inode& n = *decoded;
   const auto type = format::file_type_of_mode(n.mode);
@@ -328,7 +329,8 @@ Result<Json> inspect_inode(device::BlockDevice& dev, uint64_t ino, const InodeOp
   if (n.xattr_block != 0) {
     ASSIGN_OR_RETURN(auto x, read_struct<format::XattrBlock>(dev, sb, n.xattr_block));
     Json xs = Json::array();
-    for (const auto& e : x.entries) xs.push_back(Json{{"name", e.name}, {"value", bytes_json(e.value)}});
+    for (const auto& e : x.entries)
+      xs.push_back(Json{{"name", e.name}, {"value", bytes_json(e.value)}});
     j["xattrs"] = std::move(xs);
   }
 

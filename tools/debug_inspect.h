@@ -9,9 +9,8 @@
 #pragma once
 
 #include <cstdint>
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "common/status.h"
 #include "device/device.h"
@@ -31,8 +30,9 @@ struct InodeOptions {
   size_t max_entries = 1000;  // directory entries listed at most (all are counted)
   std::string device_name;    // the DEVICE argument, for the commands errors suggest
 };
-// Inode `ino` (its block number; 1, the root's number on a mount, means the root): fields, flags, extents or inline data, xattrs, and for a
-// directory its entries. Fails naming the inode and the fix when `ino` is no inode.
+// Inode `ino` (its block number; 1, the root's number on a mount, means the root): fields, flags,
+// extents or inline data, xattrs, and for a directory its entries. Fails naming the inode and the
+// fix when `ino` is no inode.
 Result<Json> inspect_inode(device::BlockDevice& dev, uint64_t ino, const InodeOptions& opts);
 
 // Slot `slot`'s journal: header and the transactions replay would apply (journal::scan).

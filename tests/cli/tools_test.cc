@@ -1,12 +1,11 @@
 // `sharedfs debug inode|journal|... --json`, tunefs.sharedfs and the progress bars of
 // mkfs/fsck, run as a user runs them, against images written through a real mount.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <pty.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
 #include <unistd.h>
-
-#include <fmt/format.h>
 
 #include <fstream>
 #include <functional>
@@ -51,7 +50,8 @@ int fsck(const std::string& image) {
 }
 
 // Rewrites both superblocks of `image` through `change` (simulating a tool cut short).
-void edit_superblocks(const std::string& image, const std::function<void(format::Superblock&)>& change) {
+void edit_superblocks(const std::string& image,
+                      const std::function<void(format::Superblock&)>& change) {
   std::fstream f(image, std::ios::in | std::ios::out | std::ios::binary);
   std::vector<std::byte> buf(4096);
   f.read(reinterpret_cast<char*>(buf.data()), 4096);
@@ -74,7 +74,8 @@ TEST(CliToolsTest, DebugInodeShowsWhatWasWrittenThroughAMount) {
   ASSERT_EQ(setxattr(m.path("dir/file").c_str(), "user.color", "blue", 4, 0), 0);
   ASSERT_EQ(chmod(m.path("dir/file").c_str(), 0640), 0);
   ASSERT_EQ(symlink("dir/file", m.path("link").c_str()), 0);
-  struct stat dir_st {}, file_st {};
+  struct stat dir_st {
+  }, file_st{};
   ASSERT_EQ(stat(m.path("dir").c_str(), &dir_st), 0);
   ASSERT_EQ(stat(m.path("dir/file").c_str(), &file_st), 0);
   ASSERT_EQ(m.unmount(), 0);  // fsck -n clean
@@ -212,9 +213,9 @@ TEST(CliToolsTest, TunefsChangesEachFieldAndFsckStaysClean) {
     std::string args, field;
     json value;
   };
-  for (const Step& s : {Step{"--label data", "label", "data"},
-                        Step{"--cluster-name prod", "cluster_name", "prod"},
-                        Step{"--cluster-id 0x2a", "cluster_id", 42}}) {
+  for (const Step& s :
+       {Step{"--label data", "label", "data"}, Step{"--cluster-name prod", "cluster_name", "prod"},
+        Step{"--cluster-id 0x2a", "cluster_id", 42}}) {
     auto r = run_command(kTunefs + " " + s.args + " " + img);
     ASSERT_EQ(r.rc, 0) << s.args << "\n" << r.out;
     fsck(img);
@@ -339,8 +340,8 @@ TEST(CliToolsTest, ProgressBarsOnATerminalOnly) {
   EXPECT_NE(mk.find("writing allocation groups ["), std::string::npos) << mk;
   EXPECT_NE(mk.find(bar), std::string::npos) << mk;
   std::string ck = run_on_pty(kFsck + " -n " + img);
-  for (const char* phase : {"checking slots [", "checking allocation groups [",
-                            "walking the directory tree ["}) {
+  for (const char* phase :
+       {"checking slots [", "checking allocation groups [", "walking the directory tree ["}) {
     EXPECT_NE(ck.find(phase), std::string::npos) << phase << "\n" << ck;
   }
   EXPECT_NE(ck.find("clean"), std::string::npos) << ck;
