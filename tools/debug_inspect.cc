@@ -211,7 +211,20 @@ Json bytes_json(const std::vector<uint8_t>& v) {
 }  // namespace
 
 Result<Json> inspect_superblock(device::BlockDevice& dev) {
-  ASSIGN_OR_RETURN(Superblock sb, fs::read_superblock(dev));
+  // Decoded directly, not through fs::read_superblock: that refuses a device whose slot
+  // layout change was interrupted, which is just when an operator wants to look at it.
+  AlignedBuffer first(format::kMinBlockSize);
+  RETURN_IF_ERROR(dev.read(0, first.span()).with_context("reading the superblock"));
+  const uint32_t bs = format::sniff_block_size(first.span());
+  if (bs < format::kMinBlockSize || bs > format::kMaxBlockSize || (bs & (bs - 1)) != 0) {
+    return make_status(Code::kCorruption,
+                       "{} has no sharedfs superblock at block 0 (fsck.sharedfs can restore it "
+                       "from the backup)",
+                       dev.describe());
+  }
+  AlignedBuffer primary(bs);
+  RETURN_IF_ERROR(dev.read(0, primary.span()).with_context("reading the superblock"));
+  ASSIGN_OR_RETURN(Superblock sb, Superblock::decode(primary.span(), 0));
   Json j = superblock_json(sb);
   // The backup is rewritten with the primary at every change; say whether it agrees.
   const uint64_t blk = sb.geo.backup_superblock();

@@ -266,6 +266,7 @@ TEST(CliToolsTest, TunefsFinishesAnInterruptedLayoutChange) {
   auto ck = run_command(kFsck + " -n " + img);
   EXPECT_EQ(ck.rc, 8);
   EXPECT_NE(ck.out.find("run `tunefs.sharedfs DEVICE` again"), std::string::npos) << ck.out;
+  EXPECT_EQ(superblock(img)["incompat_features"], 1);
   auto mnt = run_command(kSharedfs + " debug heartbeats " + img);
   EXPECT_EQ(mnt.rc, 1);
   EXPECT_NE(mnt.out.find("interrupted"), std::string::npos) << mnt.out;
