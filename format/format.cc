@@ -339,6 +339,7 @@ void Superblock::encode(std::span<std::byte> block, uint64_t blkno) const {
   w.u64(184, geo.backup_superblock());
   w.str(192, label, kLabelSize);
   w.str(256, cluster_name, kClusterNameSize);
+  w.u64(320, rewrite_sequence);
   seal_block(block, BlockType::kSuperblock, {blkno, fs_tag()}, seq);
 }
 
@@ -387,13 +388,16 @@ Result<Superblock> Superblock::decode(std::span<const std::byte> block, uint64_t
   const uint64_t backup = r.u64(184);
   sb.label = r.str(192, kLabelSize);
   sb.cluster_name = r.str(256, kClusterNameSize);
+  sb.rewrite_sequence = r.u64(320);
 
   // A checksummed superblock can still describe an impossible layout (a bug, or a
   // hand-edited device): reject it rather than read or write outside the regions.
   auto bad = [&](std::string_view what) { return corrupt(BlockType::kSuperblock, blkno, what); };
   if (!valid_block_size(g.block_size)) return bad("invalid block size");
   if (g.slots < 1 || g.slots > kMaxSlots) return bad("invalid slot count");
-  if (sb.incompat_features != 0) return bad("unknown incompatible features");
+  if ((sb.incompat_features & ~kKnownIncompatFeatures) != 0) {
+    return bad("unknown incompatible features");
+  }
   if (g.slot_table_blkno != 1 || g.heartbeat_start != 2 ||
       g.orphan_start != g.heartbeat_start + g.slots ||
       g.journal_start != g.orphan_start + g.slots) {
@@ -423,7 +427,8 @@ bool Superblock::same_contents(const Superblock& o) const {
          created_ns == o.created_ns && compat_features == o.compat_features &&
          incompat_features == o.incompat_features && ro_compat_features == o.ro_compat_features &&
          root_inode == o.root_inode && label == o.label && cluster_name == o.cluster_name &&
-         a.block_size == b.block_size && a.slots == b.slots && a.total_blocks == b.total_blocks &&
+         rewrite_sequence == o.rewrite_sequence && a.block_size == b.block_size &&
+         a.slots == b.slots && a.total_blocks == b.total_blocks &&
          a.journal_blocks == b.journal_blocks && a.ag_start == b.ag_start &&
          a.ag_blocks == b.ag_blocks && a.ag_count == b.ag_count &&
          a.last_ag_blocks == b.last_ag_blocks;

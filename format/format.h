@@ -150,6 +150,15 @@ struct Superblock {
   uint32_t compat_features = 0;
   uint32_t incompat_features = 0;  // a reader refuses any bit it does not know
   uint32_t ro_compat_features = 0;
+  // tunefs.sharedfs is rewriting the slot area (slot table, heartbeats, orphan lists,
+  // journal headers) for a new slot count or journal size: the superblock already
+  // describes the new layout, the blocks may not yet. Nothing may mount or check the device
+  // until tunefs, run again, has finished (mkfs/tunefs.h).
+  static constexpr uint32_t kIncompatSlotAreaRewrite = 1u << 0;
+  static constexpr uint32_t kKnownIncompatFeatures = kIncompatSlotAreaRewrite;
+  // While kIncompatSlotAreaRewrite is set: the tail sequence the rewritten journal headers
+  // get, above every sequence any log block of the old layout carries. Zero otherwise.
+  uint64_t rewrite_sequence = 0;
   uint64_t root_inode = 0;
   std::string label;         // up to 63 bytes
   std::string cluster_name;  // up to 63 bytes

@@ -77,7 +77,14 @@ Result<format::Superblock> read_superblock(device::BlockDevice& dev) {
   }
   device::AlignedBuffer buf(bs);
   RETURN_IF_ERROR(dev.read(0, buf.span()));
-  return format::Superblock::decode(buf.span(), 0);
+  ASSIGN_OR_RETURN(auto sb, format::Superblock::decode(buf.span(), 0));
+  if (sb.incompat_features & format::Superblock::kIncompatSlotAreaRewrite) {
+    return make_status(Code::kBusy,
+                       "{}: a tunefs.sharedfs change of the slot layout was interrupted; run "
+                       "`tunefs.sharedfs DEVICE` again to finish it",
+                       dev.describe());
+  }
+  return sb;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -340,36 +340,43 @@ Status Journal::close() {
 
 namespace {
 
-struct ScannedTransaction {
-  uint64_t seq = 0;
-  std::vector<std::pair<uint64_t, uint64_t>> images;  // (target, log position)
-  std::vector<uint64_t> revokes;
-};
-
 // Reads one transaction starting at `pos`; nullopt if there is no complete, intact
-// transaction `seq` there. `end` receives the position after its commit block.
+// transaction `seq` there, with the reason in `why`. `end` receives the position after its
+// commit block.
 Result<std::optional<ScannedTransaction>> scan_transaction(device::BlockDevice& dev,
                                                            const LogRegion& log, uint32_t bs,
                                                            uint32_t tag, uint64_t pos, uint64_t seq,
-                                                           uint64_t* end) {
-  ScannedTransaction t{.seq = seq};
+                                                           uint64_t* end, std::string* why) {
+  ScannedTransaction t{.seq = seq, .start = pos};
   AlignedBuffer blk(bs);
   uint64_t n = 0;  // blocks of this transaction before the commit
   auto read = [&](uint64_t p) { return dev.read(p * bs, blk.span()); };
+  auto none = [&](std::string reason) {
+    *why = std::move(reason);
+    return std::optional<ScannedTransaction>();
+  };
+  auto wrong_seq = [&](uint64_t p, std::string_view what, uint64_t found) {
+    return none(fmt::format("block {} is a {} of transaction {}, not {}", p, what, found, seq));
+  };
   while (n + 1 < log.capacity()) {
     const uint64_t p = log.wrap(pos + n);
     RETURN_IF_ERROR(read(p));
     const BlockContext ctx{p, tag};
-    switch (static_cast<BlockType>(format::peek_magic(blk.span()))) {
+    const uint32_t magic = format::peek_magic(blk.span());
+    switch (static_cast<BlockType>(magic)) {
       case BlockType::kJournalDescriptor: {
         auto d = format::JournalDescriptor::decode(blk.span(), ctx);
-        if (!d || d->seq != seq) return std::optional<ScannedTransaction>();
+        if (!d) return none(d.status().message());
+        if (d->seq != seq) return wrong_seq(p, "descriptor", d->seq);
         for (size_t k = 0; k < d->entries.size(); ++k) {
           const uint64_t ip = log.wrap(pos + n + 1 + k);
           RETURN_IF_ERROR(read(ip));
           // A torn or missing image makes the whole transaction void.
           if (crc32c(blk.span()) != d->entries[k].image_crc) {
-            return std::optional<ScannedTransaction>();
+            return none(fmt::format(
+                "image of block {} at block {} does not match its descriptor's checksum "
+                "(transaction {} is torn)",
+                d->entries[k].target, ip, seq));
           }
           t.images.emplace_back(d->entries[k].target, ip);
         }
@@ -378,24 +385,33 @@ Result<std::optional<ScannedTransaction>> scan_transaction(device::BlockDevice& 
       }
       case BlockType::kJournalRevoke: {
         auto r = format::JournalRevoke::decode(blk.span(), ctx);
-        if (!r || r->seq != seq) return std::optional<ScannedTransaction>();
+        if (!r) return none(r.status().message());
+        if (r->seq != seq) return wrong_seq(p, "revoke block", r->seq);
         t.revokes.insert(t.revokes.end(), r->blocks.begin(), r->blocks.end());
         n += 1;
         break;
       }
       case BlockType::kJournalCommit: {
         auto c = format::JournalCommit::decode(blk.span(), ctx);
-        if (!c || c->seq != seq || c->log_blocks != n || c->image_count != t.images.size()) {
-          return std::optional<ScannedTransaction>();
+        if (!c) return none(c.status().message());
+        if (c->seq != seq) return wrong_seq(p, "commit block", c->seq);
+        if (c->log_blocks != n || c->image_count != t.images.size()) {
+          return none(fmt::format(
+              "commit block {} of transaction {} counts {} blocks and {} images; the log holds "
+              "{} and {}",
+              p, seq, c->log_blocks, c->image_count, n, t.images.size()));
         }
+        t.blocks = n + 1;
+        t.commit_ns = c->commit_ns;
         *end = log.wrap(pos + n + 1);
         return std::optional<ScannedTransaction>(std::move(t));
       }
       default:
-        return std::optional<ScannedTransaction>();
+        return none(fmt::format(
+            "block {} is not a journal block of transaction {} (magic {:#010x})", p, seq, magic));
     }
   }
-  return std::optional<ScannedTransaction>();
+  return none(fmt::format("transaction {} from block {} has no commit block", seq, pos));
 }
 
 }  // namespace
@@ -403,33 +419,48 @@ Result<std::optional<ScannedTransaction>> scan_transaction(device::BlockDevice& 
 Result<bool> complete_transaction_at_tail(device::BlockDevice& dev, const format::Superblock& sb,
                                           uint32_t slot, const format::JournalHeader& hdr) {
   uint64_t end = 0;
-  ASSIGN_OR_RETURN(auto t, scan_transaction(dev, log_region(sb, slot), sb.geo.block_size,
-                                            sb.fs_tag(), hdr.tail_block, hdr.tail_sequence, &end));
+  std::string why;
+  ASSIGN_OR_RETURN(auto t,
+                   scan_transaction(dev, log_region(sb, slot), sb.geo.block_size, sb.fs_tag(),
+                                    hdr.tail_block, hdr.tail_sequence, &end, &why));
   return t.has_value();
 }
 
-Result<ReplayResult> replay(device::BlockDevice& dev, const format::Superblock& sb, uint32_t slot) {
+Result<JournalScan> scan(device::BlockDevice& dev, const format::Superblock& sb, uint32_t slot) {
   if (slot >= sb.geo.slots) {
-    return make_status(Code::kInvalidArgument, "slot {} does not exist", slot);
+    return make_status(Code::kInvalidArgument, "slot {} does not exist ({} slots)", slot,
+                       sb.geo.slots);
   }
   ASSIGN_OR_RETURN(auto hdr, read_header(dev, sb, slot));
   const LogRegion log = log_region(sb, slot);
-  const uint32_t bs = sb.geo.block_size;
-  const uint32_t tag = sb.fs_tag();
-
-  std::vector<ScannedTransaction> txns;
+  JournalScan out{.header = hdr, .log_start = log.start, .log_end = log.end};
   uint64_t pos = hdr.tail_block;
   uint64_t seq = hdr.tail_sequence;
   uint64_t scanned = 0;
-  while (scanned < log.capacity()) {
+  while (true) {
+    if (scanned >= log.capacity()) {
+      out.stop_reason = "the transactions fill the whole log";
+      break;
+    }
     uint64_t end = 0;
-    ASSIGN_OR_RETURN(auto t, scan_transaction(dev, log, bs, tag, pos, seq, &end));
+    ASSIGN_OR_RETURN(auto t, scan_transaction(dev, log, sb.geo.block_size, sb.fs_tag(), pos, seq,
+                                              &end, &out.stop_reason));
     if (!t) break;
     scanned += (end + log.capacity() - pos) % log.capacity();
-    txns.push_back(std::move(*t));
+    out.transactions.push_back(std::move(*t));
     pos = end;
     ++seq;
   }
+  out.end = pos;
+  out.next_sequence = seq;
+  return out;
+}
+
+Result<ReplayResult> replay(device::BlockDevice& dev, const format::Superblock& sb, uint32_t slot) {
+  ASSIGN_OR_RETURN(JournalScan found, scan(dev, sb, slot));
+  const std::vector<ScannedTransaction>& txns = found.transactions;
+  const uint32_t bs = sb.geo.block_size;
+  const uint32_t tag = sb.fs_tag();
 
   // The last unrevoked image of each block wins; a revoke in transaction R cancels the
   // images of transactions up to and including R.
@@ -437,7 +468,7 @@ Result<ReplayResult> replay(device::BlockDevice& dev, const format::Superblock& 
   for (const auto& t : txns) {
     for (uint64_t b : t.revokes) revoked_at[b] = std::max(revoked_at[b], t.seq);
   }
-  ReplayResult result{.transactions = txns.size(), .next_sequence = seq};
+  ReplayResult result{.transactions = txns.size(), .next_sequence = found.next_sequence};
   std::map<uint64_t, uint64_t> latest;  // target -> log position
   for (const auto& t : txns) {
     for (const auto& [target, p] : t.images) {
@@ -458,11 +489,12 @@ Result<ReplayResult> replay(device::BlockDevice& dev, const format::Superblock& 
   }
   RETURN_IF_ERROR(dev.flush().with_context("flushing replayed blocks"));
 
-  hdr.tail_block = pos;
-  hdr.tail_sequence = seq;
+  format::JournalHeader hdr = found.header;
+  hdr.tail_block = found.end;
+  hdr.tail_sequence = found.next_sequence;
   hdr.state = format::JournalState::kClean;
   AlignedBuffer hbuf(bs);
-  const uint64_t hblk = log.start - 1;
+  const uint64_t hblk = found.log_start - 1;
   hdr.encode(hbuf.span(), {hblk, tag});
   RETURN_IF_ERROR(dev.write(hblk * bs, hbuf.span(), {.fua = true})
                       .with_context("writing journal header after replay"));

@@ -32,6 +32,8 @@
 #include <mutex>
 #include <set>
 #include <span>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "common/latency_histogram.h"
@@ -151,6 +153,33 @@ struct ReplayResult {
   uint64_t images_revoked = 0;  // images skipped because of a revoke
   uint64_t next_sequence = 0;
 };
+
+// A complete transaction found in the log, as replay sees it: every block decoded with the
+// expected sequence and log position, every image matching its descriptor's checksum, the
+// commit block's counts matching.
+struct ScannedTransaction {
+  uint64_t seq = 0;
+  uint64_t start = 0;   // log position of its first block
+  uint64_t blocks = 0;  // log blocks, commit included
+  uint64_t commit_ns = 0;
+  std::vector<std::pair<uint64_t, uint64_t>> images;  // (target block, log position)
+  std::vector<uint64_t> revokes;
+};
+
+// What replay would read from a slot's journal, found without writing anything (replay
+// itself and `sharedfs debug journal` use it).
+struct JournalScan {
+  format::JournalHeader header;
+  uint64_t log_start = 0;  // first log block (after the header)
+  uint64_t log_end = 0;    // one past the last log block
+  // The chain of complete transactions from the header's tail, in order.
+  std::vector<ScannedTransaction> transactions;
+  uint64_t end = 0;            // log position after the last one: where the chain stopped
+  uint64_t next_sequence = 0;  // the sequence expected at `end`
+  std::string stop_reason;     // why no further transaction counts (torn, stale, ...)
+};
+
+Result<JournalScan> scan(device::BlockDevice& dev, const format::Superblock& sb, uint32_t slot);
 
 // Replays `slot`'s journal and leaves it empty and clean. Safe to repeat, and safe to
 // interrupt: a replay cut short is simply done again.

@@ -33,12 +33,13 @@ class Checker {
       RETURN_IF_ERROR(check_heartbeat(s));
       RETURN_IF_ERROR(check_orphans(s));
       RETURN_IF_ERROR(check_journal(s));
+      progress("checking slots", s + 1, g.slots);
     }
     ag_bitmap_ok_.assign(g.ag_count, false);
     ag_inode_count_.assign(g.ag_count, std::nullopt);
     for (uint32_t ag = 0; ag < g.ag_count; ++ag) {
       RETURN_IF_ERROR(check_ag(ag));
-      if (opts_.progress) opts_.progress(ag + 1, g.ag_count);
+      progress("checking allocation groups", ag + 1, g.ag_count);
     }
     if (opts_.walk_tree) RETURN_IF_ERROR(check_tree());
     if (opts_.repair && dirty_) RETURN_IF_ERROR(dev_.flush().with_context("flushing repairs"));
@@ -48,6 +49,9 @@ class Checker {
 
  private:
   uint32_t bs() const { return sb_.geo.block_size; }
+  void progress(std::string_view phase, uint64_t done, uint64_t total) const {
+    if (opts_.progress) opts_.progress(phase, done, total);
+  }
   BlockContext ctx(uint64_t blkno) const { return {blkno, sb_.fs_tag()}; }
 
   Status read_block(uint64_t blkno, AlignedBuffer& buf) {
@@ -136,6 +140,13 @@ class Checker {
                          dev_.describe(), primary_error, backup_error);
     }
     sb_ = primary ? *primary : *backup;
+    if (sb_.incompat_features & Superblock::kIncompatSlotAreaRewrite) {
+      // The slot area is half old, half new layout: tunefs finishes it from the superblock.
+      return make_status(Code::kBusy,
+                         "{}: a tunefs.sharedfs change of the slot layout was interrupted; run "
+                         "`tunefs.sharedfs DEVICE` again to finish it, then check",
+                         dev_.describe());
+    }
     if (sb_.geo.total_blocks > size / sb_.geo.block_size) {
       return make_status(Code::kInvalidArgument,
                          "{} is smaller ({} bytes) than the file system on it ({} blocks)",
@@ -325,6 +336,14 @@ class Checker {
   // Passes 1-4: the structure walk, then what it found against the bitmaps and headers.
   Status check_tree() {
     internal::WalkInput in{.dev = &dev_, .sb = sb_, .bitmap_ok = ag_bitmap_ok_};
+    if (opts_.progress) {
+      // The AG headers' inode counts say how many inodes the walk should meet.
+      uint64_t expected = 0;
+      for (const auto& n : ag_inode_count_) expected += n.value_or(0);
+      in.on_inodes = [this, expected](uint64_t found) {
+        progress("walking the directory tree", found, std::max(expected, found));
+      };
+    }
     ASSIGN_OR_RETURN(internal::WalkResult w, internal::walk_filesystem(in));
     const size_t first = report_.problems.size();
     for (auto& p : w.problems) report_.problems.push_back(std::move(p));

@@ -17,7 +17,9 @@ int main(int argc, char** argv) {
       "16 usage error.\n"
       "Examples:\n"
       "  fsck.sharedfs -n /dev/nvme1n1     check only (the default)\n"
-      "  fsck.sharedfs -y disk.img         repair what can be repaired safely");
+      "  fsck.sharedfs -y disk.img         repair what can be repaired safely\n"
+      "  fsck.sharedfs -n -v -q /dev/sdb   say what is checked, no progress bar\n"
+      "A progress bar is drawn on a terminal only (never when piped, or with -q).");
   std::string path;
   bool no = false, yes = false, verbose = false, quiet = false;
   app.add_option("DEVICE", path, "block device or image file")->required();
@@ -37,13 +39,19 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "fsck.sharedfs: {}\n", dev.status().to_string());
     return 8;
   }
-  mkfs::ProgressLine progress("checking allocation groups", quiet);
+  mkfs::ProgressLine progress(quiet);
   mkfs::FsckOptions opts{.repair = yes, .verbose = verbose};
-  opts.progress = [&](uint64_t done, uint64_t total) { progress.update(done, total); };
+  opts.progress = [&](std::string_view phase, uint64_t done, uint64_t total) {
+    progress.update(phase, done, total);
+  };
   auto report = mkfs::check_filesystem(*dev->io, opts);
   progress.finish();
   if (!report) {
     fmt::print(stderr, "fsck.sharedfs: {}\n", report.status().to_string());
+    if (report.status().code() == Code::kNotFound) {
+      fmt::print(stderr, "Is {} the right device? `mkfs.sharedfs {}` creates a file system.\n",
+                 path, path);
+    }
     return 8;
   }
   for (const auto& line : report->notes) fmt::print("{}\n", line);
@@ -59,6 +67,12 @@ int main(int argc, char** argv) {
   } else {
     fmt::print("{}: {} problem(s), {} fixed, {} left\n", path, report->problems.size(), fixed,
                report->problems.size() - fixed);
+    if (!yes && fixed < report->problems.size()) {
+      fmt::print(
+          "To repair what can be repaired safely, run `fsck.sharedfs -y {}` while no node "
+          "has it mounted.\n",
+          path);
+    }
   }
   return report->exit_code();
 }

@@ -171,6 +171,7 @@ class Walker {
         g_(sb_.geo),
         bs_(g_.block_size),
         bitmap_ok_(in.bitmap_ok),
+        on_inodes_(in.on_inodes),
         one_(bs_),
         io_(std::max<uint64_t>(kMaxReadBytes, bs_)),
         inode_bits_(g_.total_blocks),
@@ -192,6 +193,7 @@ class Walker {
     }
     check_link_counts();
     if (!dup_claims_.empty()) RETURN_IF_ERROR(attribute_duplicates());
+    if (on_inodes_) on_inodes_(out_.inodes);
     return std::move(out_);
   }
 
@@ -474,6 +476,7 @@ class Walker {
     inode_bits_.test_and_set(ino);
     ++out_.inodes;
     ++out_.inodes_per_ag[*g_.ag_of(ino)];
+    if (on_inodes_ && out_.inodes % 1024 == 0) on_inodes_(out_.inodes);
     ASSIGN_OR_RETURN(bool fresh, claim(ino, 1, {ino, Use::kInode, 0, from}, path));
     (void)fresh;  // a block also claimed as something else: reported; still an inode here
     check_inode_fields(ino, n, path);
@@ -1180,6 +1183,7 @@ class Walker {
   const format::Geometry& g_;
   const uint32_t bs_;
   std::vector<bool> bitmap_ok_;
+  std::function<void(uint64_t)> on_inodes_;
   device::AlignedBuffer one_;  // read_one()
   device::AlignedBuffer io_;   // read_many()
   WalkResult out_;

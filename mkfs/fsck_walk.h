@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -56,6 +57,8 @@ struct WalkInput {
   // check). The walk reads the bitmaps of these AGs to check that what it finds in use is
   // marked allocated; blocks in other AGs are only recorded.
   std::vector<bool> bitmap_ok;
+  // Progress: called with the number of inodes found so far, now and then and at the end.
+  std::function<void(uint64_t inodes)> on_inodes;
 };
 
 struct WalkResult {

@@ -58,6 +58,45 @@ std::vector<format::BitmapBlock> initial_bitmap(const Geometry& g, uint32_t ag,
 
 }  // namespace
 
+Status write_slot_area(device::BlockDevice& dev, const format::Superblock& sb,
+                       uint64_t tail_sequence) {
+  const Geometry& g = sb.geo;
+  const uint32_t bs = g.block_size;
+  const uint32_t tag = sb.fs_tag();
+  // Slot table, heartbeat and orphan blocks (blocks 1 .. journal_start - 1), in one write.
+  {
+    const uint64_t first = g.slot_table_blkno;
+    AlignedBuffer buf((g.journal_start - first) * bs);
+    auto at = [&](uint64_t blkno) { return block_of(buf, bs, blkno - first); };
+    format::SlotTable table;
+    table.slots.resize(g.slots);
+    table.encode(at(g.slot_table_blkno), {g.slot_table_blkno, tag});
+    for (uint32_t s = 0; s < g.slots; ++s) {
+      format::Heartbeat hb{.slot = s, .node_id = s};
+      hb.encode(at(g.heartbeat_blkno(s)), {g.heartbeat_blkno(s), tag});
+      format::OrphanList ol{.slot = s};
+      ol.encode(at(g.orphan_blkno(s)), {g.orphan_blkno(s), tag});
+    }
+    RETURN_IF_ERROR(dev.write(first * bs, buf.span()).with_context("writing the slot region"));
+  }
+  // Journal headers: clean and empty. Log blocks are not zeroed: replay accepts only
+  // blocks with this file system's tag, the expected position and the expected sequence.
+  AlignedBuffer buf(bs);
+  for (uint32_t s = 0; s < g.slots; ++s) {
+    const uint64_t blk = g.journal_header_blkno(s);
+    format::JournalHeader jh{.slot = s,
+                             .state = format::JournalState::kClean,
+                             .region_start = blk,
+                             .region_blocks = g.journal_blocks,
+                             .tail_block = blk + 1,
+                             .tail_sequence = tail_sequence};
+    jh.encode(buf.span(), {blk, tag});
+    RETURN_IF_ERROR(dev.write(blk * bs, buf.span())
+                        .with_context(fmt::format("writing journal header of slot {}", s)));
+  }
+  return Status::ok();
+}
+
 Result<format::Superblock> make_filesystem(device::BlockDevice& dev, const MkfsOptions& opts) {
   if (opts.label.size() >= format::kLabelSize) {
     return make_status(Code::kInvalidArgument, "label is longer than {} bytes",
@@ -90,42 +129,15 @@ Result<format::Superblock> make_filesystem(device::BlockDevice& dev, const MkfsO
   sb.root_inode = g.ag_first_data_block(0);
   sb.seq = 1;
   const uint32_t tag = sb.fs_tag();
+  if (opts.progress) opts.progress(0, g.ag_count);
 
-  // Fixed region: slot table, heartbeat and orphan blocks, written in one go. Block 0
-  // (the superblock) stays zero until everything else is durable, so a crash during mkfs
-  // leaves a device that is plainly not a file system.
+  // Block 0 (the superblock) stays zero until everything else is durable, so a crash
+  // during mkfs leaves a device that is plainly not a file system.
   {
-    const uint64_t nblocks = g.journal_start;
-    AlignedBuffer buf(nblocks * bs);
-    format::SlotTable table;
-    table.slots.resize(g.slots);
-    table.encode(block_of(buf, bs, g.slot_table_blkno), {g.slot_table_blkno, tag});
-    for (uint32_t s = 0; s < g.slots; ++s) {
-      format::Heartbeat hb{.slot = s, .node_id = s};
-      hb.encode(block_of(buf, bs, g.heartbeat_blkno(s)), {g.heartbeat_blkno(s), tag});
-      format::OrphanList ol{.slot = s};
-      ol.encode(block_of(buf, bs, g.orphan_blkno(s)), {g.orphan_blkno(s), tag});
-    }
-    RETURN_IF_ERROR(dev.write(0, buf.span()).with_context("writing the slot region"));
+    AlignedBuffer zero(bs);
+    RETURN_IF_ERROR(dev.write(0, zero.span()).with_context("clearing the superblock"));
   }
-
-  // Journal headers: clean and empty. Log blocks are not zeroed: replay accepts only
-  // blocks with this file system's tag and the expected sequence.
-  {
-    AlignedBuffer buf(bs);
-    for (uint32_t s = 0; s < g.slots; ++s) {
-      const uint64_t blk = g.journal_header_blkno(s);
-      format::JournalHeader jh{.slot = s,
-                               .state = format::JournalState::kClean,
-                               .region_start = blk,
-                               .region_blocks = g.journal_blocks,
-                               .tail_block = blk + 1,
-                               .tail_sequence = 1};
-      jh.encode(buf.span(), {blk, tag});
-      RETURN_IF_ERROR(dev.write(blk * bs, buf.span())
-                          .with_context(fmt::format("writing journal header of slot {}", s)));
-    }
-  }
+  RETURN_IF_ERROR(write_slot_area(dev, sb, /*tail_sequence=*/1));
 
   // Allocation groups: header and bitmap blocks, one write per AG. AG 0 also holds the
   // root directory's inode in its first data block.

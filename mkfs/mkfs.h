@@ -12,6 +12,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/status.h"
@@ -22,6 +23,9 @@ namespace sharedfs::mkfs {
 
 // Called with (done, total) as allocation groups are written.
 using ProgressFn = std::function<void(uint64_t done, uint64_t total)>;
+// Called with the phase a long check is in and (done, total) within it; a new phase name
+// starts a new line of progress.
+using PhaseProgressFn = std::function<void(std::string_view phase, uint64_t done, uint64_t total)>;
 
 struct MkfsOptions {
   uint32_t slots = format::kDefaultSlots;
@@ -38,6 +42,13 @@ struct MkfsOptions {
 // Writes only metadata: the superblocks, the slot table, heartbeat, orphan and journal
 // header blocks, and each AG's header and bitmap; a 1 TiB device formats in seconds.
 Result<format::Superblock> make_filesystem(device::BlockDevice& dev, const MkfsOptions& opts);
+
+// Writes the slot area of `sb`'s geometry as mkfs leaves it: the slot table with every
+// slot free, idle heartbeats, empty orphan lists, and clean, empty journals whose first
+// transaction will carry `tail_sequence`. Not the superblocks. Only while no node uses the
+// device (mkfs, tunefs).
+Status write_slot_area(device::BlockDevice& dev, const format::Superblock& sb,
+                       uint64_t tail_sequence);
 
 // The file system type already on `path` ("ext4", "xfs", "btrfs", "sharedfs", ...), or
 // nullopt when libblkid and our own probe find none.
@@ -56,7 +67,7 @@ struct FsckOptions {
   // false: check the allocation structures only, not the tree (for tests of the allocator,
   // which allocate blocks and inodes that no file owns).
   bool walk_tree = true;
-  ProgressFn progress;
+  PhaseProgressFn progress;
 };
 
 struct FsckProblem {

@@ -1,6 +1,7 @@
 // mkfs.sharedfs: formats a shared device. Option parsing and printing only; the work is
 // make_filesystem() in mkfs.cc.
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 
@@ -62,6 +63,9 @@ int main(int argc, char** argv) {
       "  mkfs.sharedfs /dev/nvme1n1                      defaults for a 16-host cluster\n"
       "  mkfs.sharedfs --nodes 4 --journal-size 64M --label data /dev/sdb\n"
       "  truncate -s 10G disk.img && mkfs.sharedfs disk.img\n"
+      "  mkfs.sharedfs -q --cluster-id 0x2a --cluster-name prod /dev/nvme1n1\n"
+      "Choose --nodes for the most hosts that will ever mount at once: tunefs.sharedfs can\n"
+      "add slots later only by shrinking every journal (see docs/tunefs.md).\n"
       "Every host that mounts the device needs a distinct, stable NVMe Host ID.");
   std::string path;
   mkfs::MkfsOptions opts;
@@ -91,6 +95,13 @@ int main(int argc, char** argv) {
   opts.block_size = static_cast<uint32_t>(block_size);
   if (cluster_id != 0) opts.cluster_id = cluster_id;
 
+  if (access(path.c_str(), F_OK) != 0) {
+    fmt::print(stderr,
+               "mkfs.sharedfs: {} does not exist: name a block device, or create an image file "
+               "first (truncate -s 10G {})\n",
+               path, path);
+    return 1;
+  }
   auto existing = mkfs::detect_signature(path);
   if (!existing) {
     fmt::print(stderr, "mkfs.sharedfs: {}: {}\n", path, existing.status().to_string());
@@ -115,8 +126,10 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "mkfs.sharedfs: {}\n", dev.status().to_string());
     return 1;
   }
-  mkfs::ProgressLine progress("writing allocation groups", quiet);
-  opts.progress = [&](uint64_t done, uint64_t total) { progress.update(done, total); };
+  mkfs::ProgressLine progress(quiet);
+  opts.progress = [&](uint64_t done, uint64_t total) {
+    progress.update("writing allocation groups", done, total);
+  };
   auto sb = mkfs::make_filesystem(*dev->io, opts);
   progress.finish();
   if (!sb) {

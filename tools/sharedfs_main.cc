@@ -6,8 +6,7 @@
 #include <CLI/CLI.hpp>
 
 #include "device/device.h"
-#include "format/format.h"
-#include "fs/fs.h"
+#include "tools/debug_command.h"
 #include "tools/mount_command.h"
 #include "tools/ops_commands.h"
 #include "tools/status_command.h"
@@ -19,84 +18,6 @@ namespace {
 int fail(const Status& st) {
   fmt::print(stderr, "sharedfs: {}\n", st.to_string());
   return 1;
-}
-
-using fs::read_superblock;
-
-std::string age(uint64_t then_ns) {
-  if (then_ns == 0) return "never";
-  const auto now = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                       std::chrono::system_clock::now().time_since_epoch())
-                       .count();
-  return fmt::format("{:.1f}s ago",
-                     (static_cast<double>(now) - static_cast<double>(then_ns)) / 1e9);
-}
-
-int debug_superblock(device::BlockDevice& dev) {
-  auto sb = read_superblock(dev);
-  if (!sb) return fail(sb.status());
-  const auto& g = sb->geo;
-  fmt::print("block size         {}\n", g.block_size);
-  fmt::print("total blocks       {}\n", g.total_blocks);
-  fmt::print("cluster id         {:#018x}\n", sb->cluster_id);
-  fmt::print("cluster name       {}\n", sb->cluster_name);
-  fmt::print("label              {}\n", sb->label);
-  fmt::print("slots              {}\n", g.slots);
-  fmt::print("slot table         block {}\n", g.slot_table_blkno);
-  fmt::print("heartbeats         blocks {}..{}\n", g.heartbeat_start,
-             g.heartbeat_start + g.slots - 1);
-  fmt::print("orphan lists       blocks {}..{}\n", g.orphan_start, g.orphan_start + g.slots - 1);
-  fmt::print("journals           from block {}, {} blocks each\n", g.journal_start,
-             g.journal_blocks);
-  fmt::print("allocation groups  {} x {} blocks from block {} (last {} blocks)\n", g.ag_count,
-             g.ag_blocks, g.ag_start, g.last_ag_blocks);
-  fmt::print("root inode         {}\n", sb->root_inode);
-  fmt::print("backup superblock  block {}\n", g.backup_superblock());
-  fmt::print("sequence           {}\n", sb->seq);
-  return 0;
-}
-
-template <typename T>
-Result<T> read_struct(device::BlockDevice& dev, const format::Superblock& sb, uint64_t blkno) {
-  device::AlignedBuffer buf(sb.geo.block_size);
-  RETURN_IF_ERROR(dev.read(blkno * sb.geo.block_size, buf.span()));
-  return T::decode(buf.span(), {blkno, sb.fs_tag()});
-}
-
-int debug_slots(device::BlockDevice& dev) {
-  auto sb = read_superblock(dev);
-  if (!sb) return fail(sb.status());
-  auto table = read_struct<format::SlotTable>(dev, *sb, sb->geo.slot_table_blkno);
-  if (!table) return fail(table.status());
-  fmt::print("{:>4}  {:<6}  {:>5}  {:<32}  {:<18}  {}\n", "slot", "state", "node", "host id", "key",
-             "mounted");
-  for (size_t i = 0; i < table->slots.size(); ++i) {
-    const auto& e = table->slots[i];
-    device::HostId host{e.host_id};
-    fmt::print("{:>4}  {:<6}  {:>5}  {:<32}  {:#018x}  {}\n", i,
-               e.state == format::SlotState::kInUse ? "in-use" : "free", e.node_id,
-               host.to_string(), e.reservation_key, age(e.mounted_ns));
-  }
-  return 0;
-}
-
-int debug_heartbeats(device::BlockDevice& dev) {
-  auto sb = read_superblock(dev);
-  if (!sb) return fail(sb.status());
-  fmt::print("{:>4}  {:>5}  {:<9}  {:>12}  {}\n", "slot", "node", "state", "counter", "written");
-  int rc = 0;
-  for (uint32_t s = 0; s < sb->geo.slots; ++s) {
-    auto hb = read_struct<format::Heartbeat>(dev, *sb, sb->geo.heartbeat_blkno(s));
-    if (!hb) {
-      fmt::print("{:>4}  {}\n", s, hb.status().to_string());
-      rc = 1;
-      continue;
-    }
-    const auto state = format::heartbeat_state_name(hb->state);
-    fmt::print("{:>4}  {:>5}  {:<9}  {:>12}  {}\n", s, hb->node_id, state, hb->counter,
-               age(hb->timestamp_ns));
-  }
-  return rc;
 }
 
 int reservation_report(device::Reservations& resv) {
@@ -196,22 +117,9 @@ int main(int argc, char** argv) {
   top->callback([&] { rc = tools::run_top(ops_target, top_interval, top_count, top_json); });
 
   // --- debug
-  std::string dev_path;
-  auto* debug = app.add_subcommand("debug", "read-only inspection of a device");
-  debug->require_subcommand(1);
-  auto open_ro = [&]() { return device::open_device(dev_path, {}, /*read_only=*/true); };
-  for (auto [name, help, fn] :
-       {std::tuple{"superblock", "the superblock and geometry", &debug_superblock},
-        std::tuple{"slots", "the slot table: which node uses which slot", &debug_slots},
-        std::tuple{"heartbeats", "each slot's disk heartbeat", &debug_heartbeats}}) {
-    auto* sub = debug->add_subcommand(name, help);
-    sub->add_option("DEVICE", dev_path, "block device or image file")->required();
-    sub->callback([&, fn = fn] {
-      auto dev = open_ro();
-      rc = dev ? fn(*dev->io) : fail(dev.status());
-    });
-  }
+  tools::add_debug_command(app, rc);
 
+  std::string dev_path;
   // --- reservation
   auto* resv = app.add_subcommand(
       "reservation", "NVMe persistent reservations on the device (emulated on image files)");
