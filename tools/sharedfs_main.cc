@@ -121,8 +121,9 @@ int main(int argc, char** argv) {
       "  sharedfs status --config /etc/sharedfs/cluster.toml\n"
       "  sharedfs debug superblock /dev/nvme1n1\n"
       "  sharedfs reservation report disk.img\n"
-      "  sharedfs reservation register disk.img --node 1 --cluster-id 0x2a\n"
-      "  sharedfs reservation preempt --abort disk.img --node 1 --cluster-id 0x2a --victim-node 3");
+      "  sharedfs reservation register disk.img --node 1 --cluster-id 0x2a --cluster-name prod\n"
+      "  sharedfs reservation preempt --abort disk.img --node 1 --cluster-id 0x2a\n"
+      "      --cluster-name prod --victim-node 3");
 
   int rc = 0;
   app.add_subcommand("version", "print the version")->callback([] {
