@@ -224,8 +224,9 @@ Result<std::vector<bool>> registered_on(const Context& ctx, device::ReservationK
     auto dev = device::open_device(path, {}, /*read_only=*/true);
     if (!dev) return dev.status().with_context(fmt::format("Failed: opening {}", path));
     auto rep = dev->reservations->report();
-    if (!rep)
+    if (!rep) {
       return rep.status().with_context(fmt::format("Failed: reservation report of {}", path));
+    }
     out.push_back(rep->find_key(key) != nullptr);
   }
   return out;
