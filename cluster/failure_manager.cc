@@ -36,8 +36,7 @@ class SlowWrites final : public device::BlockDevice {
 
 }  // namespace
 
-Status register_node(device::Reservations& resv, uint64_t cluster_id, uint32_t node_id) {
-  const auto key = device::node_reservation_key(cluster_id, node_id);
+Status register_node(device::Reservations& resv, device::ReservationKey key) {
   Status st = resv.register_key(key);
   if (st.code() == Code::kReservationConflict) {
     // This host is registered with another key (an older configuration): take ours.
@@ -60,9 +59,8 @@ Status register_node(device::Reservations& resv, uint64_t cluster_id, uint32_t n
   return make_status(Code::kBusy, "could not take the cluster's reservation on the device");
 }
 
-Status unregister_node(device::Reservations& resv, uint64_t cluster_id, uint32_t node_id) {
-  return resv.unregister_key(device::node_reservation_key(cluster_id, node_id))
-      .with_context("removing the node's reservation key");
+Status unregister_node(device::Reservations& resv, device::ReservationKey key) {
+  return resv.unregister_key(key).with_context("removing the node's reservation key");
 }
 
 Status DiskHeartbeats::sample(device::BlockDevice& dev, const format::Superblock& sb,
@@ -263,8 +261,8 @@ Status FailureManager::mark_heartbeat(uint32_t slot, uint32_t node, format::Hear
 Status FailureManager::fence_and_replay(const dlm::Member& d) {
   const uint32_t dead = d.id.value;
   const uint32_t slot = dead - 1;
-  const auto mine = device::node_reservation_key(opts_.cluster_id, opts_.node_id);
-  const auto theirs = device::node_reservation_key(opts_.cluster_id, dead);
+  const auto mine = device::node_reservation_key(opts_.cluster_name, opts_.node_id);
+  const auto theirs = device::node_reservation_key(opts_.cluster_name, dead);
   const auto started = std::chrono::steady_clock::now();
 
   // 1. Fence.

@@ -50,12 +50,13 @@
 
 namespace sharedfs::cluster {
 
-// Registers the node's key and makes sure the device holds the cluster's reservation
+// Registers this host with `key` (the node's device::node_reservation_key; fence_sharedfs
+// passes an operator's key too) and makes sure the device holds the cluster's reservation
 // (Write Exclusive – Registrants Only), taking it when nobody does. Run at mount before the
-// node writes anything.
-Status register_node(device::Reservations& resv, uint64_t cluster_id, uint32_t node_id);
+// node writes anything, and by fence_sharedfs to unfence.
+Status register_node(device::Reservations& resv, device::ReservationKey key);
 // Removes the node's key at a clean unmount (its journal is clean: nothing to fence).
-Status unregister_node(device::Reservations& resv, uint64_t cluster_id, uint32_t node_id);
+Status unregister_node(device::Reservations& resv, device::ReservationKey key);
 
 // The disk heartbeats of every slot as one node sees them over time.
 class DiskHeartbeats {
@@ -94,7 +95,8 @@ bool may_fence_now(const std::vector<NodeId>& members, const std::vector<NodeId>
 
 struct FailureManagerOptions {
   uint32_t node_id = 0;
-  uint64_t cluster_id = 0;
+  // Reservation keys derive from the cluster's name (device::node_reservation_key).
+  std::string cluster_name;
   std::chrono::milliseconds heartbeat_interval{500};
   std::chrono::milliseconds dead_after{5000};
   // Tests: added before every write of a departed node's journal replay, so that a test can

@@ -60,6 +60,9 @@ class DeviceFixture : public ::testing::Test {
     EXPECT_TRUE(d.is_ok()) << d.status().to_string();
     return std::move(*d);
   }
+  static device::ReservationKey key(uint32_t node) {
+    return device::node_reservation_key("failtest", node);
+  }
   static constexpr uint64_t kCluster = 0x77;
   std::filesystem::path dir_;
   std::string image_;
@@ -68,23 +71,23 @@ class DeviceFixture : public ::testing::Test {
 TEST_F(DeviceFixture, TheFirstNodeTakesTheReservationAndTheOthersRegister) {
   auto a = open(1);
   auto b = open(2);
-  ASSERT_OK(register_node(*a.reservations, kCluster, 1));
-  ASSERT_OK(register_node(*b.reservations, kCluster, 2));
-  ASSERT_OK(register_node(*b.reservations, kCluster, 2));  // again: nothing changes
+  ASSERT_OK(register_node(*a.reservations, key(1)));
+  ASSERT_OK(register_node(*b.reservations, key(2)));
+  ASSERT_OK(register_node(*b.reservations, key(2)));  // again: nothing changes
   auto rep = b.reservations->report();
   ASSERT_TRUE(rep.is_ok());
   EXPECT_EQ(rep->type, device::ReservationType::kWriteExclusiveRegistrantsOnly);
   ASSERT_NE(rep->holder(), nullptr);
-  EXPECT_EQ(rep->holder()->key, device::node_reservation_key(kCluster, 1));
+  EXPECT_EQ(rep->holder()->key, key(1));
   EXPECT_EQ(rep->registrants.size(), 2u);
 
   // The holder leaves cleanly: the reservation goes with it and the next node to register
   // takes it again.
-  ASSERT_OK(unregister_node(*a.reservations, kCluster, 1));
+  ASSERT_OK(unregister_node(*a.reservations, key(1)));
   rep = b.reservations->report();
   ASSERT_TRUE(rep.is_ok());
   EXPECT_EQ(rep->type, device::ReservationType::kNone);
-  ASSERT_OK(register_node(*a.reservations, kCluster, 1));
+  ASSERT_OK(register_node(*a.reservations, key(1)));
   rep = b.reservations->report();
   ASSERT_TRUE(rep.is_ok());
   EXPECT_EQ(rep->type, device::ReservationType::kWriteExclusiveRegistrantsOnly);
@@ -95,7 +98,7 @@ TEST_F(DeviceFixture, ForeignReservationTypeIsRefused) {
   ASSERT_OK(a.reservations->register_key(42));
   ASSERT_OK(a.reservations->acquire(42, device::ReservationType::kExclusiveAccess));
   auto b = open(2);
-  const Status st = register_node(*b.reservations, kCluster, 2);
+  const Status st = register_node(*b.reservations, key(2));
   EXPECT_EQ(st.code(), Code::kBusy) << st.to_string();
 }
 

@@ -1,9 +1,13 @@
 // Shared pieces of device/: buffers, host ids, keys, reservation type names.
 #include "device/device.h"
 
+#include <fmt/format.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <new>
+
+#include "device/md5.h"
 
 namespace sharedfs::device {
 
@@ -114,8 +118,31 @@ HostId HostId::for_node(uint64_t cluster_id, uint32_t node_id) {
   return id;
 }
 
-ReservationKey node_reservation_key(uint64_t cluster_id, uint32_t node_id) {
-  return (uint64_t{0x5346} << 48) | ((cluster_id & 0xffffffffu) << 16) | (node_id & 0xffffu);
+ReservationKey node_reservation_key(std::string_view cluster_name, uint32_t node_id) {
+  // fence_scsi: "%.4s%.4d" % (md5(cluster name).hexdigest(), node id), used as a hex key.
+  const std::string text = md5_hex(cluster_name).substr(0, 4) + fmt::format("{:04d}", node_id);
+  return std::stoull(text, nullptr, 16);
+}
+
+std::optional<ReservationKey> parse_reservation_key(std::string_view text) {
+  if (text.starts_with("0x") || text.starts_with("0X")) text.remove_prefix(2);
+  if (text.empty() || text.size() > 16) return std::nullopt;
+  ReservationKey key = 0;
+  for (char c : text) {
+    int digit;
+    if (c >= '0' && c <= '9') {
+      digit = c - '0';
+    } else if (c >= 'a' && c <= 'f') {
+      digit = c - 'a' + 10;
+    } else if (c >= 'A' && c <= 'F') {
+      digit = c - 'A' + 10;
+    } else {
+      return std::nullopt;
+    }
+    key = key << 4 | static_cast<ReservationKey>(digit);
+  }
+  if (key == 0) return std::nullopt;  // NVMe and SCSI both treat key 0 as "no key"
+  return key;
 }
 
 const Registrant* ReservationReport::find_key(ReservationKey key) const {

@@ -28,6 +28,7 @@
 #include <set>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/status.h"
@@ -122,10 +123,18 @@ struct HostId {
 
 using ReservationKey = uint64_t;
 
-// The key a node registers: derived from the cluster id and node id so that keys of
-// different clusters on one SAN do not collide and an operator can read the node id off a
-// key. Layout (hex): 5346 CCCC CCCC NNNN: "SF", 32 bits of cluster id, 16 bits of node id.
-ReservationKey node_reservation_key(uint64_t cluster_id, uint32_t node_id);
+// The key a node registers, in fence_scsi's scheme (its default "id" key_value) so that
+// the key the daemon registers at mount, the key fence_sharedfs acts on for that node and
+// the key fence_scsi would use for the same cluster name and node id are one and the
+// same: the first 4 hex digits of md5(cluster name), then the node id as (at least) 4
+// decimal digits, the whole read as a hex number. Cluster "prod", node 3: 0xd6e40003. The
+// node id reads off the key in decimal; clusters sharing a SAN differ in the md5 prefix
+// (16 bits, as with fence_scsi). See docs/device.md.
+ReservationKey node_reservation_key(std::string_view cluster_name, uint32_t node_id);
+
+// Parses a key as fence_scsi and sg_persist take it: hex digits with or without "0x"
+// ("d6e40003", "0xd6e40003"), at most 16 digits, not zero.
+std::optional<ReservationKey> parse_reservation_key(std::string_view text);
 
 struct Registrant {
   HostId host;

@@ -38,8 +38,8 @@ constexpr size_t kBlock = 4096;
 constexpr uint64_t kCluster = 0xf11e;
 const HostId kHostA = HostId::for_node(kCluster, 1);
 const HostId kHostB = HostId::for_node(kCluster, 2);
-const ReservationKey kKeyA = node_reservation_key(kCluster, 1);
-const ReservationKey kKeyB = node_reservation_key(kCluster, 2);
+const ReservationKey kKeyA = node_reservation_key("filetest", 1);
+const ReservationKey kKeyB = node_reservation_key("filetest", 2);
 
 using Bytes = std::vector<uint8_t>;
 using RT = ReservationType;

@@ -334,7 +334,8 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
   if (config) {
     mo.heartbeat_interval = config->heartbeat_interval;
     Status st = wait_until_previous_mount_recovered(guard, sb, *config, args.node);
-    if (st) st = cluster::register_node(*dev->reservations, sb.cluster_id, args.node);
+    const auto key = device::node_reservation_key(config->name, args.node);
+    if (st) st = cluster::register_node(*dev->reservations, key);
     if (st) st = fs::prepare_own_slot(guard, sb, slot, /*check_live=*/true);
     if (st) {
       auto joined = join_cluster(*config, args.node);
@@ -355,7 +356,7 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
     // which died meanwhile held.
     cluster::FailureManagerOptions fo;
     fo.node_id = args.node;
-    fo.cluster_id = sb.cluster_id;
+    fo.cluster_name = config->name;
     fo.heartbeat_interval = config->heartbeat_interval;
     fo.dead_after = config->heartbeat_timeout;
     if (const char* d = std::getenv("SHAREDFS_TEST_REPLAY_WRITE_DELAY_MS")) {
@@ -390,7 +391,8 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
       Status st = membership->locks->leave(membership->leave_timeout);
       if (!st) spdlog::warn("leaving the cluster: {}", st.to_string());
       if (clean) {
-        st = cluster::unregister_node(*dev->reservations, sb.cluster_id, args.node);
+        st = cluster::unregister_node(*dev->reservations,
+                                      device::node_reservation_key(config->name, args.node));
         if (!st) spdlog::warn("{}", st.to_string());
       }
     }

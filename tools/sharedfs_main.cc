@@ -43,8 +43,9 @@ int main(int argc, char** argv) {
       "  sharedfs status --config /etc/sharedfs/cluster.toml\n"
       "  sharedfs debug superblock /dev/nvme1n1\n"
       "  sharedfs reservation report disk.img\n"
-      "  sharedfs reservation register disk.img --node 1 --cluster-id 0x2a\n"
-      "  sharedfs reservation preempt --abort disk.img --node 1 --cluster-id 0x2a --victim-node 3");
+      "  sharedfs reservation register disk.img --node 1 --cluster-id 0x2a --cluster-name prod\n"
+      "  sharedfs reservation preempt --abort disk.img --node 1 --cluster-id 0x2a\n"
+      "      --cluster-name prod --victim-node 3");
 
   int rc = 0;
   app.add_subcommand("version", "print the version")->callback([] {
@@ -124,7 +125,7 @@ int main(int argc, char** argv) {
   auto* resv = app.add_subcommand(
       "reservation", "NVMe persistent reservations on the device (emulated on image files)");
   resv->require_subcommand(1);
-  std::string host_hex, type_name = "wero";
+  std::string host_hex, type_name = "wero", cluster_name;
   uint32_t node = 0;
   uint64_t cluster_id = 0, key = 0, victim = 0, new_key = 0;
   uint32_t victim_node = 0;
@@ -133,7 +134,9 @@ int main(int argc, char** argv) {
     sub->add_option("DEVICE", dev_path, "block device or image file")->required();
     sub->add_option("--host-id", host_hex, "act as this NVMe Host ID (32 hex digits)");
     sub->add_option("--node", node, "act as the host of this node id (with --cluster-id)");
-    sub->add_option("--cluster-id", cluster_id, "cluster id, for --node");
+    sub->add_option("--cluster-id", cluster_id, "cluster id, for --node's Host ID");
+    sub->add_option("--cluster-name", cluster_name,
+                    "cluster name, for the keys of --node and --victim-node");
   };
   auto host_of = [&]() -> Result<device::HostId> {
     if (!host_hex.empty()) {
@@ -146,9 +149,9 @@ int main(int argc, char** argv) {
   };
   auto run = [&](const std::function<Status(device::Reservations&)>& cmd) {
     // Keys default to the node's own (see node_reservation_key) when acting as --node.
-    if (key == 0 && node != 0) key = device::node_reservation_key(cluster_id, node);
+    if (key == 0 && node != 0) key = device::node_reservation_key(cluster_name, node);
     if (victim == 0 && victim_node != 0) {
-      victim = device::node_reservation_key(cluster_id, victim_node);
+      victim = device::node_reservation_key(cluster_name, victim_node);
     }
     auto host = host_of();
     if (!host) {
@@ -208,7 +211,8 @@ int main(int argc, char** argv) {
   add_common(preempt);
   preempt->add_option("--key", key, "this host's key (default with --node: the node's key)");
   preempt->add_option("--victim", victim, "the key to preempt");
-  preempt->add_option("--victim-node", victim_node, "preempt this node's key (with --cluster-id)");
+  preempt->add_option("--victim-node", victim_node,
+                      "preempt this node's key (with --cluster-name)");
   preempt->add_option("--type", type_name, "reservation type to hold afterwards")
       ->capture_default_str();
   preempt->add_flag("--abort", abort, "preempt-and-abort: also abort the victim's I/O");

@@ -125,7 +125,7 @@ int run_status(const std::string& config_path, const std::string& device_arg, bo
     const uint32_t slot = n.id - 1;
     if (slot >= sb->geo.slots) continue;
     const auto& s = beats.slots().at(slot);
-    const auto key = device::node_reservation_key(config->id, n.id);
+    const auto key = device::node_reservation_key(config->name, n.id);
     const auto* reg = rep->find_key(key);
     const bool moving = beats.moved(slot);
     std::string state;
@@ -184,7 +184,7 @@ int run_status(const std::string& config_path, const std::string& device_arg, bo
   // Keys on the device that belong to no configured node (another cluster, an operator).
   for (const auto& r : rep->registrants) {
     const bool ours = std::any_of(config->nodes.begin(), config->nodes.end(), [&](const auto& n) {
-      return device::node_reservation_key(config->id, n.id) == r.key;
+      return device::node_reservation_key(config->name, n.id) == r.key;
     });
     if (!ours) others.push_back({{"key", fmt::format("{:#018x}", r.key)}, {"host", r.host.to_string()}});
   }

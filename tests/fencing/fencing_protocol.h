@@ -24,7 +24,8 @@ inline constexpr size_t kBlockSize = 4096;
 inline constexpr uint64_t kBlocks = 64;                    // the range the writer cycles over
 inline constexpr uint64_t kRangeOffset = 16 * kBlockSize;  // where the range starts
 inline constexpr uint64_t kImageSize = 1 << 20;
-inline constexpr uint64_t kClusterId = 0xfe4ce;
+inline constexpr uint64_t kClusterId = 0xfe4ce;           // for Host IDs
+inline constexpr const char* kClusterName = "fencetest";  // for reservation keys
 // Once told to stop, the writer still goes on until this many of its writes have been
 // refused (or a second has passed), so that every trial checks writes issued well after
 // the preempt returned, however the two processes happen to be scheduled.

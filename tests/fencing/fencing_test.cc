@@ -51,8 +51,8 @@ using std::chrono::milliseconds;
 
 constexpr uint32_t kFencerNode = 1;
 constexpr uint32_t kWriterNode = 2;
-const device::ReservationKey kFencerKey = device::node_reservation_key(kClusterId, kFencerNode);
-const device::ReservationKey kWriterKey = device::node_reservation_key(kClusterId, kWriterNode);
+const device::ReservationKey kFencerKey = device::node_reservation_key(kClusterName, kFencerNode);
+const device::ReservationKey kWriterKey = device::node_reservation_key(kClusterName, kWriterNode);
 constexpr auto kWero = ReservationType::kWriteExclusiveRegistrantsOnly;
 // The writer runs unfenced for a random time up to this long.
 constexpr int kMaxRunUs = 3000;

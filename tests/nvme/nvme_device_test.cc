@@ -23,8 +23,8 @@ namespace {
 constexpr uint64_t kCluster = 0xc1u;
 const HostId kHostA = HostId::for_node(kCluster, 1);
 const HostId kHostB = HostId::for_node(kCluster, 2);
-const ReservationKey kKeyA = node_reservation_key(kCluster, 1);
-const ReservationKey kKeyB = node_reservation_key(kCluster, 2);
+const ReservationKey kKeyA = node_reservation_key("nvmetest", 1);
+const ReservationKey kKeyB = node_reservation_key("nvmetest", 2);
 constexpr auto kWero = ReservationType::kWriteExclusiveRegistrantsOnly;
 constexpr uint64_t kDeviceSize = 1 << 20;
 constexpr uint64_t kBlock = 4096;
