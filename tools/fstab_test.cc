@@ -16,8 +16,7 @@ namespace {
 namespace stdfs = std::filesystem;
 
 FstabEntry cluster_entry(const std::string& mnt = "/mnt/shared") {
-  return fstab_entry_for_mount("/dev/nvme1n1", mnt, "/etc/sharedfs/cluster.toml", 2,
-                               {"noatime"});
+  return fstab_entry_for_mount("/dev/nvme1n1", mnt, "/etc/sharedfs/cluster.toml", 2, {"noatime"});
 }
 
 std::string read_all(const std::string& path) {
@@ -70,8 +69,7 @@ TEST(Fstab, AppendsWhenNoLineMountsThere) {
 TEST(Fstab, ReplacesTheLineForTheMountPointInPlaceKeepingEveryOtherByte) {
   const std::string before = "# comment\r\nUUID=abc\t/\text4\tdefaults\t0 1\n";
   const std::string after = "tmpfs /tmp tmpfs   size=1G 0 0\n# trailing comment";
-  const std::string old =
-      before + "/dev/old   /mnt/shared/  fuse.sharedfs node=1 0 0\n" + after;
+  const std::string old = before + "/dev/old   /mnt/shared/  fuse.sharedfs node=1 0 0\n" + after;
   const std::string now = fstab_with_entry(old, cluster_entry());
   EXPECT_EQ(now, before + format_fstab_line(cluster_entry()) + "\n" + after);
   // Twice is the same as once.
@@ -94,8 +92,8 @@ TEST(Fstab, LaterLinesForTheSameMountPointAreDroppedCommentedOnesKept) {
       "/dev/c /other ext4 defaults 0 2\n"
       "/dev/b /mnt/shared fuse.sharedfs node=3 0 0\n";
   EXPECT_EQ(fstab_with_entry(old, cluster_entry()),
-            "#/dev/b /mnt/shared fuse.sharedfs node=4 0 0\n" +
-                format_fstab_line(cluster_entry()) + "\n/dev/c /other ext4 defaults 0 2\n");
+            "#/dev/b /mnt/shared fuse.sharedfs node=4 0 0\n" + format_fstab_line(cluster_entry()) +
+                "\n/dev/c /other ext4 defaults 0 2\n");
 }
 
 TEST(Fstab, AppendsANewlineToALastLineWithoutOne) {

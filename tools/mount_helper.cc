@@ -39,8 +39,7 @@ Result<MountHelperCall> parse_mount_helper_args(const std::vector<std::string>& 
       } else if (a[1] == 'N') {
         call.mount_namespace = value;
       } else if (value != "sharedfs" && value != "fuse.sharedfs") {
-        return make_status(Code::kInvalidArgument, "mount.sharedfs mounts sharedfs, not {}",
-                           value);
+        return make_status(Code::kInvalidArgument, "mount.sharedfs mounts sharedfs, not {}", value);
       }
       continue;
     }
@@ -104,8 +103,9 @@ int run_mount_helper(const std::vector<std::string>& args,
   if (call->verbose) {
     std::string opts;
     for (const auto& o : call->mount.options) opts += (opts.empty() ? "" : ",") + o;
-    fmt::print("mount.sharedfs: {}mounting {} on {}{}\n", call->mount.fake ? "checking (-f), not " : "",
-               call->mount.device, call->mount.mountpoint, opts.empty() ? "" : " with -o " + opts);
+    fmt::print("mount.sharedfs: {}mounting {} on {}{}\n",
+               call->mount.fake ? "checking (-f), not " : "", call->mount.device,
+               call->mount.mountpoint, opts.empty() ? "" : " with -o " + opts);
   }
   return mount(call->mount) == 0 ? 0 : 32;
 }

@@ -30,8 +30,8 @@ namespace sharedfs::tools {
 bool invoked_as_mount_helper(std::string_view argv0);
 
 struct MountHelperCall {
-  MountArgs mount;  // always detaching: the helper returns once mounted, as mount(8) expects
-  bool verbose = false;      // -v: say what is mounted
+  MountArgs mount;       // always detaching: the helper returns once mounted, as mount(8) expects
+  bool verbose = false;  // -v: say what is mounted
   std::string mount_namespace;  // -N: a /proc/PID/ns/mnt path or a pid; empty: ours
 };
 

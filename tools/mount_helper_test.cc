@@ -32,9 +32,8 @@ TEST(MountHelper, ParsesMountsHelperConvention) {
 }
 
 TEST(MountHelper, FlagsMayBeGroupedAndValuesJoined) {
-  auto c = parse_mount_helper_args(
-      {"-sfnv", "/dev/x", "-ono_writeback_cache", "/mnt", "-N", "1234", "-t", "sharedfs", "-o",
-       "ro"});
+  auto c = parse_mount_helper_args({"-sfnv", "/dev/x", "-ono_writeback_cache", "/mnt", "-N", "1234",
+                                    "-t", "sharedfs", "-o", "ro"});
   ASSERT_OK(c);
   EXPECT_TRUE(c->mount.fake);
   EXPECT_TRUE(c->verbose);
@@ -78,21 +77,21 @@ class ImpliedMount : public ::testing::Test {
 
 TEST_F(ImpliedMount, DeviceAndDirectoryWithoutSubcommandMeanMount) {
   const std::string mnt = dir_.string();
-  EXPECT_EQ(with_implied_mount({"sharedfs", "/dev/x", mnt, "-o", "rw,node=1,dev,suid"},
-                               is_subcommand),
-            (Words{"sharedfs", "mount", "/dev/x", mnt, "-o", "rw,node=1,dev,suid"}));
+  EXPECT_EQ(
+      with_implied_mount({"sharedfs", "/dev/x", mnt, "-o", "rw,node=1,dev,suid"}, is_subcommand),
+      (Words{"sharedfs", "mount", "/dev/x", mnt, "-o", "rw,node=1,dev,suid"}));
   EXPECT_EQ(with_implied_mount({"sharedfs", "/dev/x", mnt}, is_subcommand),
             (Words{"sharedfs", "mount", "/dev/x", mnt}));
 }
 
 TEST_F(ImpliedMount, SubcommandsOptionsAndTyposAreLeftToTheParser) {
   const std::string mnt = dir_.string();
-  for (const Words& w : {Words{"sharedfs", "mount", "/dev/x", mnt},
-                         Words{"sharedfs", "debug", "superblock", "/dev/x"},
-                         Words{"sharedfs", "--help"}, Words{"sharedfs", "-o", "x", mnt},
-                         Words{"sharedfs", "stauts", "--config", "c.toml"},
-                         Words{"sharedfs", "/dev/x", mnt + "/missing"}, Words{"sharedfs"},
-                         Words{"sharedfs", "/dev/x"}}) {
+  for (const Words& w :
+       {Words{"sharedfs", "mount", "/dev/x", mnt},
+        Words{"sharedfs", "debug", "superblock", "/dev/x"}, Words{"sharedfs", "--help"},
+        Words{"sharedfs", "-o", "x", mnt}, Words{"sharedfs", "stauts", "--config", "c.toml"},
+        Words{"sharedfs", "/dev/x", mnt + "/missing"}, Words{"sharedfs"},
+        Words{"sharedfs", "/dev/x"}}) {
     EXPECT_EQ(with_implied_mount(w, is_subcommand), w) << w.at(w.size() > 1 ? 1 : 0);
   }
 }
