@@ -22,6 +22,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -417,6 +418,145 @@ TEST_F(MountOpsTest, ForegroundDaemonTellsSystemdOnceMounted) {
   EXPECT_EQ(message, "READY=1");
   EXPECT_TRUE(mounted_when_told);
   umount_and_wait(m);
+}
+
+// The unit's commands as systemd runs them (its ${VAR} and $$ rules, the instance's
+// environment file's values): ExecStartPre makes the mount point, ExecStart mounts and says
+// READY=1, ExecStop unmounts and returns only once the daemon has left the cluster.
+class UnitCommands {
+ public:
+  explicit UnitCommands(std::map<std::string, std::string> env) : env_(std::move(env)) {
+    std::ifstream in(UNIT_TEMPLATE);
+    std::string line;
+    while (std::getline(in, line)) {
+      const auto eq = line.find('=');
+      if (line.empty() || line[0] == '#' || eq == std::string::npos) continue;
+      std::string value = line.substr(eq + 1);
+      // The unit as installed runs the sharedfs under test.
+      const std::string sbin = "@SHAREDFS_SBIN_DIR@/sharedfs";
+      if (auto at = value.find(sbin); at != std::string::npos) {
+        value.replace(at, sbin.size(), SHAREDFS_BIN);
+      }
+      keys_[line.substr(0, eq)] = value;
+    }
+  }
+  bool has(const std::string& key) const { return keys_.count(key) != 0; }
+  // The command line of `key` as argv: words split at blanks outside single quotes,
+  // "${VAR}" replaced by its value (one word), "$$" by "$".
+  std::vector<std::string> argv(const std::string& key) const {
+    std::vector<std::string> words;
+    const std::string& text = keys_.at(key);
+    std::string word;
+    bool quoted = false, any = false;
+    for (size_t i = 0; i < text.size(); ++i) {
+      const char c = text[i];
+      if (c == '\'') {
+        quoted = !quoted;
+        any = true;
+      } else if (c == ' ' && !quoted) {
+        if (any) words.push_back(word);
+        word.clear();
+        any = false;
+      } else if (c == '$' && i + 1 < text.size() && text[i + 1] == '$') {
+        word += '$';
+        ++i;
+        any = true;
+      } else if (c == '$' && i + 1 < text.size() && text[i + 1] == '{') {
+        const auto end = text.find('}', i);
+        word += env_.at(text.substr(i + 2, end - i - 2));
+        i = end;
+        any = true;
+      } else {
+        word += c;
+        any = true;
+      }
+    }
+    if (any) words.push_back(word);
+    return words;
+  }
+  // Starts `key`'s command with the unit's environment (and `extra`); returns its pid.
+  pid_t spawn(const std::string& key, const std::map<std::string, std::string>& extra) const {
+    std::vector<std::string> args = argv(key);
+    const pid_t pid = fork();
+    if (pid == 0) {
+      close_range(3, ~0U, 0);
+      for (const auto& [k, v] : env_) setenv(k.c_str(), v.c_str(), 1);
+      for (const auto& [k, v] : extra) setenv(k.c_str(), v.c_str(), 1);
+      std::vector<char*> cargv;
+      for (auto& a : args) cargv.push_back(a.data());
+      cargv.push_back(nullptr);
+      execv(cargv[0], cargv.data());
+      _exit(127);
+    }
+    return pid;
+  }
+  int run(const std::string& key, const std::map<std::string, std::string>& extra = {}) const {
+    const pid_t pid = spawn(key, extra);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+
+ private:
+  std::map<std::string, std::string> env_;
+  std::map<std::string, std::string> keys_;
+};
+
+TEST_F(MountOpsTest, SystemdUnitCommandsMountAndStopCleanly) {
+  const std::string m = (dir_ / "by-unit" / "mnt").string();  // ExecStartPre makes it
+  UnitCommands unit({{"DEVICE", image()},
+                     {"MOUNTPOINT", m},
+                     {"CONFIG", cluster_config(1)},
+                     {"NODE", "1"},
+                     {"OPTIONS", "noatime"}});
+  ASSERT_TRUE(unit.has("ExecStartPre") && unit.has("ExecStart") && unit.has("ExecStop"));
+  ASSERT_EQ(unit.run("ExecStartPre"), 0);
+  ASSERT_TRUE(stdfs::is_directory(m));
+
+  const std::string sock_path = (dir_ / "notify.sock").string();
+  const int sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(sock, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, sock_path.c_str(), sizeof(addr.sun_path) - 1);
+  ASSERT_EQ(bind(sock, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0) << strerror(errno);
+  timeval tv{0, 50 * 1000};
+  setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  const pid_t main_pid = unit.spawn("ExecStart", {{"NOTIFY_SOCKET", sock_path}});
+  ASSERT_GT(main_pid, 0);
+  daemons_[m] = main_pid;  // until ExecStop: TearDown unmounts and waits if we fail before
+  std::string message;
+  for (int i = 0; i < 400 && message.empty(); ++i) {
+    char buf[256];
+    const ssize_t n = recv(sock, buf, sizeof buf, 0);
+    if (n > 0) message.assign(buf, static_cast<size_t>(n));
+  }
+  close(sock);
+  ASSERT_EQ(message, "READY=1");
+  ASSERT_TRUE(mount_info(m).mounted);
+  EXPECT_NE(mount_info(m).options.find("noatime"), std::string::npos);
+  spit(m + "/f", "x");
+
+  // systemd reaps its main process while ExecStop runs: so does this thread.
+  daemons_.erase(m);
+  std::atomic<int> main_status{-1};
+  std::atomic<bool> main_exited{false};
+  std::thread reaper([&] {
+    int status = 0;
+    waitpid(main_pid, &status, 0);
+    main_status = status;
+    main_exited = true;
+  });
+  const int stop = unit.run("ExecStop", {{"MAINPID", std::to_string(main_pid)}});
+  // ExecStop returned: the daemon is gone (nothing left for systemd's SIGTERM to cut short).
+  const bool gone_at_stop = main_exited.load();
+  if (!gone_at_stop) kill(main_pid, SIGKILL);
+  reaper.join();
+  EXPECT_EQ(stop, 0);
+  EXPECT_TRUE(gone_at_stop);
+  EXPECT_TRUE(WIFEXITED(main_status.load()) && WEXITSTATUS(main_status.load()) == 0)
+      << "status " << main_status.load();
+  EXPECT_FALSE(mount_info(m).mounted);
 }
 
 }  // namespace
