@@ -53,9 +53,11 @@ std::string enter_helper_namespace() {
   std::call_once(once, [] {
     auto fail = [](const std::string& what) { error = what + ": " + std::strerror(errno); };
     if (unshare(CLONE_NEWNS) != 0) return fail("unshare(CLONE_NEWNS)");
-    // Nothing mounted here may reach the host's namespace.
-    if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
-      return fail("making / private");
+    // Nothing mounted here reaches the host's namespace, but the host's unmounts reach
+    // here: a private copy of another test's FUSE mount would keep its daemon serving
+    // after that test unmounted it.
+    if (mount(nullptr, "/", nullptr, MS_REC | MS_SLAVE, nullptr) != 0) {
+      return fail("making / a slave of the host's mounts");
     }
     const stdfs::path helpers =
         stdfs::path("/var/tmp") / ("sharedfs-ops-helpers-" + std::to_string(getpid()));
@@ -117,7 +119,11 @@ class MountOpsTest : public ::testing::Test {
   void SetUp() override {
     const std::string ns = enter_helper_namespace();
     ASSERT_EQ(ns, "") << "cannot set up the test's mount namespace";
-    image_.emplace("ops", kImageBytes, "--nodes 4 --cluster-id 77 --cluster-name ops");
+    // A cluster id of this process's own: status finds a cluster's device among all the
+    // host's mounts, other tests' clusters included.
+    cluster_id_ = 1000000 + static_cast<uint64_t>(getpid());
+    image_.emplace("ops", kImageBytes,
+                   "--nodes 4 --cluster-id " + std::to_string(cluster_id_) + " --cluster-name ops");
     dir_ = image_->dir();
     fstab_ = (dir_ / "fstab").string();
   }
@@ -147,7 +153,8 @@ class MountOpsTest : public ::testing::Test {
   std::string cluster_config(int nodes) {
     const std::string path = (dir_ / "cluster.toml").string();
     std::ofstream c(path);
-    c << "[cluster]\nname = \"ops\"\nid = 77\nsecret = \"ops-test-secret-0123456789\"\n"
+    c << "[cluster]\nname = \"ops\"\nid = " << cluster_id_
+      << "\nsecret = \"ops-test-secret-0123456789\"\n"
       << "heartbeat_interval_ms = 100\nheartbeat_timeout_ms = 1500\n";
     std::set<int> ports;
     while (static_cast<int>(ports.size()) < nodes) ports.insert(testing::free_port());
@@ -228,6 +235,7 @@ class MountOpsTest : public ::testing::Test {
     EXPECT_FALSE(mount_info(mnt).mounted);
   }
 
+  uint64_t cluster_id_ = 0;
   std::optional<ScratchImage> image_;
   stdfs::path dir_;
   std::string fstab_;
@@ -331,7 +339,10 @@ TEST_F(MountOpsTest, ClusterNodesMountThroughFstabAndMountHelper) {
   // status finds the cluster's device among the mounts (their source is the device).
   r = run_command(std::string(SHAREDFS_BIN) + " status --config " + config);
   EXPECT_EQ(r.rc, 0) << r.out;
-  EXPECT_NE(r.out.find("cluster \"ops\" (id 77) on " + image() + "\n"), std::string::npos) << r.out;
+  EXPECT_NE(
+      r.out.find("cluster \"ops\" (id " + std::to_string(cluster_id_) + ") on " + image() + "\n"),
+      std::string::npos)
+      << r.out;
   // Leave one after another, as an operator's umount does.
   umount_and_wait(m2);
   umount_and_wait(m1);
