@@ -28,6 +28,8 @@
 #include "fs/fuse/fuse_frontend.h"
 #include "tools/control_socket.h"
 #include "tools/node_report.h"
+#include "tools/fstab.h"
+#include "tools/sd_notify.h"
 #include "tools/stats_file.h"
 #include "tools/status_command.h"
 
@@ -268,6 +270,34 @@ Status wait_until_previous_mount_recovered(device::BlockDevice& dev, const forma
   return Status::ok();
 }
 
+// --update-fstab: the line that mounts this again, written once the mount is up.
+Status record_in_fstab(const MountArgs& args) {
+  if (!args.update_fstab) return Status::ok();
+  Status st = update_fstab(args.fstab, fstab_entry_for_mount(args.device, args.mountpoint,
+                                                             args.config, args.node, args.options));
+  if (!st) {
+    return st.with_context(fmt::format("{} is mounted, but the line for it is not in {}",
+                                       args.mountpoint, args.fstab));
+  }
+  return st;
+}
+
+// mount -f: what mounting would check before touching the device: the config, and that the
+// device holds a sharedfs this node may mount.
+Status check_mount(const MountArgs& args, const ParsedOptions& p) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(args.mountpoint, ec)) {
+    return make_status(Code::kInvalidArgument, "mount point {} is not a directory",
+                       args.mountpoint);
+  }
+  auto dev = device::open_device(args.device, {}, /*read_only=*/true);
+  if (!dev) return dev.status();
+  ASSIGN_OR_RETURN(auto sb, fs::read_superblock(*dev->io));
+  if (p.config.empty()) return Status::ok();
+  ASSIGN_OR_RETURN(auto config, cluster::load_cluster_config(p.config));
+  return cluster::check_config_for_mount(config, args.node, sb.cluster_id, sb.geo.slots);
+}
+
 int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
   auto report = [&](const std::string& msg) {
     if (ready_fd >= 0) {
@@ -478,12 +508,19 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
     fo.advisory_locks = advisory_locks.get();
   }
   fo.mountpoint = args.mountpoint;
-  fo.fsname = "sharedfs:" + args.device;
+  // The device itself, as for a kernel file system: mount -a then finds an fstab line's
+  // mount already up (it compares sources), and umount DEVICE and findmnt DEVICE work.
+  fo.fsname = args.device;
   fo.debug = args.debug;
   bool mounted = false;
   Status st = fs::fuse::serve(**filesystem, fo, [&] {
     mounted = true;
     report(ready_fd >= 0 ? "OK" : "");
+    if (args.foreground) {
+      // Detached, the parent records it once it has the answer.
+      if (Status f = record_in_fstab(args); !f) spdlog::error("{}", f.to_string());
+    }
+    if (Status n = notify_systemd("READY=1"); !n) spdlog::warn("{}", n.to_string());
     if (!args.foreground) {
       // Detach from the terminal now that the parent has its answer.
       int null = ::open("/dev/null", O_RDWR);
@@ -544,6 +581,17 @@ int run_mount(const MountArgs& given) {
     fmt::print(stderr, "sharedfs: {}\n", parsed.status().to_string());
     return 1;
   }
+  if (args.update_fstab) {
+    if (Status st = check_fstab_updatable(args.fstab); !st) {
+      fmt::print(stderr, "sharedfs: --update-fstab: {}\n", st.to_string());
+      return 1;
+    }
+  }
+  if (args.fake) {
+    Status st = check_mount(args, *parsed);
+    if (!st) fmt::print(stderr, "sharedfs: {}\n", st.to_string());
+    return st ? 0 : 1;
+  }
   if (args.foreground) return serve_mount(args, *parsed, -1);
   // Fork before anything starts threads; the parent waits for the child's verdict.
   int pipefd[2];
@@ -577,7 +625,11 @@ int run_mount(const MountArgs& given) {
     msg.append(buf, static_cast<size_t>(n));
   }
   ::close(pipefd[0]);
-  if (msg == "OK") return 0;
+  if (msg == "OK") {
+    Status st = record_in_fstab(args);
+    if (!st) fmt::print(stderr, "sharedfs: {}\n", st.to_string());
+    return st ? 0 : 1;
+  }
   fmt::print(stderr, "{}", msg.empty() ? "sharedfs: the daemon exited before mounting\n" : msg);
   ::waitpid(pid, nullptr, 0);
   return 1;

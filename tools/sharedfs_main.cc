@@ -8,6 +8,7 @@
 #include "device/device.h"
 #include "tools/debug_command.h"
 #include "tools/mount_command.h"
+#include "tools/mount_helper.h"
 #include "tools/ops_commands.h"
 #include "tools/status_command.h"
 
@@ -36,6 +37,11 @@ int reservation_report(device::Reservations& resv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // mount(8) runs mount.sharedfs, a link to this program, for type sharedfs.
+  if (tools::invoked_as_mount_helper(argv[0])) {
+    return tools::run_mount_helper(std::vector<std::string>(argv + 1, argv + argc),
+                                   tools::run_mount);
+  }
   CLI::App app{"sharedfs: a shared-disk cluster file system.", "sharedfs"};
   app.require_subcommand(1);
   app.footer(
@@ -67,6 +73,12 @@ int main(int argc, char** argv) {
   mount->add_option("--config", margs.config,
                     "cluster config (TOML): mount as node --node of that cluster; without it "
                     "the node runs alone");
+  mount->add_flag("--update-fstab", margs.update_fstab,
+                  "once mounted, put the fstab line that mounts it again (type fuse.sharedfs) "
+                  "into the fstab, in place of the line for MOUNTPOINT");
+  mount->add_option("--fstab", margs.fstab, "the fstab --update-fstab writes")
+      ->envname("SHAREDFS_FSTAB")
+      ->capture_default_str();
   mount->callback([&] {
     if (margs.debug) margs.foreground = true;
     rc = tools::run_mount(margs);
@@ -223,6 +235,13 @@ int main(int argc, char** argv) {
     });
   });
 
-  CLI11_PARSE(app, argc, argv);
+  // mount.fuse3 (type fuse.sharedfs) runs `sharedfs DEVICE MOUNTPOINT -o OPTIONS`.
+  std::vector<std::string> words = tools::with_implied_mount(
+      std::vector<std::string>(argv, argv + argc), [&](const std::string& w) {
+        return !app.get_subcommands([&](const CLI::App* s) { return s->check_name(w); }).empty();
+      });
+  std::vector<char*> words_c;
+  for (auto& w : words) words_c.push_back(w.data());
+  CLI11_PARSE(app, static_cast<int>(words_c.size()), words_c.data());
   return rc;
 }

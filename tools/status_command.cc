@@ -16,6 +16,7 @@
 #include "device/device.h"
 #include "fs/fs.h"
 #include "tools/control_socket.h"
+#include "tools/fstab.h"
 
 namespace sharedfs::tools {
 
@@ -32,15 +33,17 @@ int fail(const Status& st) {
   return 1;
 }
 
-// The device of a mounted sharedfs ("sharedfs:/path" in /proc/mounts) of this cluster.
+// The device of a mounted sharedfs (type fuse.sharedfs in /proc/mounts) of this cluster.
 std::string find_mounted_device(uint64_t cluster_id) {
   std::ifstream in("/proc/mounts");
   std::string line;
   while (std::getline(in, line)) {
     std::istringstream ls(line);
-    std::string source;
-    if (!(ls >> source) || !source.starts_with("sharedfs:")) continue;
-    const std::string dev = source.substr(9);
+    std::string source, target, type;
+    if (!(ls >> source >> target >> type) || type != "fuse.sharedfs") continue;
+    // Daemons of earlier builds, still running across an upgrade, said "sharedfs:DEVICE".
+    if (source.starts_with("sharedfs:")) source = source.substr(9);
+    const std::string dev = unescape_fstab_field(source);
     auto d = device::open_device(dev, {}, /*read_only=*/true);
     if (!d) continue;
     auto sb = fs::read_superblock(*d->io);

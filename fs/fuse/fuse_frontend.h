@@ -17,7 +17,7 @@ namespace sharedfs::fs::fuse {
 
 struct FuseOptions {
   std::string mountpoint;
-  std::string fsname;                  // shown in /proc/mounts ("sharedfs:/dev/nvme0n1")
+  std::string fsname;                   // shown in /proc/mounts as the source (the device)
   std::vector<std::string> mount_opts;  // extra -o options for the kernel mount
   // Kernel write-back caching of file data: faster small writes, but the daemon then sees
   // sizes late (SEEK_DATA/SEEK_HOLE and fallocate answer from stale sizes). Off by default.
