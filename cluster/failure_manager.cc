@@ -171,7 +171,14 @@ void FailureManager::step() {
   if (withdrawn_) return;
   const auto now = std::chrono::steady_clock::now();
   if (auto st = beats_.sample(dev_, sb_, now); !st) {
-    spdlog::warn("reading the disk heartbeats: {}", st.to_string());
+    // Every interval until it reads again: one line when it starts failing, one when it ends.
+    if (!heartbeat_read_failing_) {
+      spdlog::warn("node {}: cannot read the disk heartbeats: {}", opts_.node_id, st.to_string());
+    }
+    heartbeat_read_failing_ = true;
+  } else if (heartbeat_read_failing_) {
+    heartbeat_read_failing_ = false;
+    spdlog::info("node {}: reads the disk heartbeats again", opts_.node_id);
   }
   const auto ms = node_.membership_status();
   if (!ms.joined) return;
@@ -218,9 +225,16 @@ void FailureManager::step() {
     if (withdrawn_) return;
     Status st = fence_and_replay(d);
     if (!st) {
-      spdlog::error("node {}: recovering node {}: {}", opts_.node_id, d.id.value, st.to_string());
+      // Tried again every interval: the same failure is logged once.
+      if (auto [it, fresh] = failure_logged_.try_emplace(d, st.to_string());
+          fresh || it->second != st.to_string()) {
+        it->second = st.to_string();
+        spdlog::error("node {}: recovering node {}: {} (trying again every {} ms)", opts_.node_id,
+                      d.id.value, st.to_string(), opts_.heartbeat_interval.count());
+      }
       continue;
     }
+    failure_logged_.erase(d);
     recovered_.insert(d);
     replayed.push_back(d);
   }
@@ -233,7 +247,13 @@ void FailureManager::step() {
       spdlog::error("node {}: taking over node {}'s slot: {}", opts_.node_id, dead, st.to_string());
       continue;
     }
-    spdlog::warn("node {}: node {} recovered", opts_.node_id, dead);
+    spdlog::warn("node {}: node {} recovered (journal replayed, orphans and slot {} taken over) "
+                 "{} ms after its recovery began",
+                 opts_.node_id, dead, dead - 1,
+                 std::chrono::duration_cast<std::chrono::milliseconds>(
+                     std::chrono::steady_clock::now() - recovery_began_[d])
+                     .count());
+    recovery_began_.erase(d);
     std::lock_guard l(mu_);
     ++recoveries_;
   }
@@ -264,6 +284,7 @@ Status FailureManager::fence_and_replay(const dlm::Member& d) {
   const auto mine = device::node_reservation_key(opts_.cluster_name, opts_.node_id);
   const auto theirs = device::node_reservation_key(opts_.cluster_name, dead);
   const auto started = std::chrono::steady_clock::now();
+  recovery_began_.try_emplace(d, started);
 
   // 1. Fence.
   ASSIGN_OR_RETURN(auto rep, resv_.report());
@@ -273,6 +294,8 @@ Status FailureManager::fence_and_replay(const dlm::Member& d) {
     return make_status(Code::kBusy, "fenced ourselves");
   }
   if (rep.find_key(theirs) != nullptr) {
+    spdlog::warn("node {}: fencing node {} (preempt-and-abort of reservation key {:#018x})",
+                 opts_.node_id, dead, theirs);
     if (rep.type == device::ReservationType::kNone) (void)resv_.acquire(mine, kWero);
     Status st = resv_.preempt_and_abort(mine, theirs, kWero);
     if (!st) {
@@ -284,7 +307,15 @@ Status FailureManager::fence_and_replay(const dlm::Member& d) {
       }
       if (again.find_key(theirs) != nullptr) return st.with_context("fencing");
     }
-    spdlog::warn("node {}: fenced node {} (preempt-and-abort of reservation key {:#018x})",
+    spdlog::warn("node {}: fenced node {}: reservation key {:#018x} removed, none of its writes "
+                 "lands any more ({} ms)",
+                 opts_.node_id, dead, theirs,
+                 std::chrono::duration_cast<std::chrono::milliseconds>(
+                     std::chrono::steady_clock::now() - started)
+                     .count());
+  } else if (fenced_logged_.insert(d).second) {
+    // A recovery cut short (a coordinator died), or the fence of a partition's other side.
+    spdlog::info("node {}: node {} is already fenced (reservation key {:#018x} not registered)",
                  opts_.node_id, dead, theirs);
   }
   // 2.-3. Mark and replay. A replay cut short is done again by whoever recovers next.
@@ -292,11 +323,16 @@ Status FailureManager::fence_and_replay(const dlm::Member& d) {
   std::optional<SlowWrites> slow;
   if (opts_.replay_write_delay.count() > 0) slow.emplace(dev_, opts_.replay_write_delay);
   device::BlockDevice& replay_dev = slow ? static_cast<device::BlockDevice&>(*slow) : dev_;
+  if (replay_logged_.insert(d).second) {  // once, though a failed replay is tried again
+    spdlog::warn("node {}: replaying node {}'s journal (slot {})", opts_.node_id, dead, slot);
+  }
+  const auto replay_started = std::chrono::steady_clock::now();
   ASSIGN_OR_RETURN(const uint64_t txns, hooks_.replay_journal(replay_dev, slot));
-  const auto replayed = std::chrono::steady_clock::now();
   spdlog::warn("node {}: replayed node {}'s journal (slot {}, {} transactions) in {} ms",
                opts_.node_id, dead, slot, txns,
-               std::chrono::duration_cast<std::chrono::milliseconds>(replayed - started).count());
+               std::chrono::duration_cast<std::chrono::milliseconds>(
+                   std::chrono::steady_clock::now() - replay_started)
+                   .count());
   // 4. The DLM lets the dead node's locks go with the next view.
   node_.mark_replayed(d);
   return Status::ok();

@@ -149,6 +149,14 @@ class FailureManager {
   std::set<dlm::Member> recovered_;
   // Departed members we are waiting to fence, logged once each.
   std::set<dlm::Member> waiting_logged_;
+  // Departed members found already fenced, and whose replay began: logged once each.
+  std::set<dlm::Member> fenced_logged_;
+  std::set<dlm::Member> replay_logged_;
+  // The last failure logged per departed member whose recovery is retried.
+  std::map<dlm::Member, std::string> failure_logged_;
+  // When this node began to recover each departed member (the "recovered" line's time).
+  std::map<dlm::Member, std::chrono::steady_clock::time_point> recovery_began_;
+  bool heartbeat_read_failing_ = false;
   bool withdrawn_ = false;
 
   mutable std::mutex mu_;

@@ -7,12 +7,31 @@
 namespace sharedfs::dlm {
 
 namespace {
+// "1,2,3": the node ids of a view, as every membership log line writes them.
 std::string list(const std::vector<Member>& ms) {
   std::string s;
   for (const Member& m : ms) s += (s.empty() ? "" : ",") + std::to_string(m.id.value);
-  return "{" + s + "}";
+  return s;
+}
+const Member* find_id(const std::vector<Member>& ms, NodeId id) {
+  auto it = std::find_if(ms.begin(), ms.end(), [&](const Member& m) { return m.id == id; });
+  return it == ms.end() ? nullptr : &*it;
+}
+// Whether `v` says incarnation `inc` of node `id` (or a newer one) is clean.
+bool clean_in(const View& v, NodeId id, uint64_t inc) {
+  return std::any_of(v.clean.begin(), v.clean.end(),
+                     [&](const Member& c) { return c.id == id && c.incarnation >= inc; });
 }
 }  // namespace
+
+std::string MembershipAgent::cluster() const {
+  return opts_.cluster_name.empty() ? "the cluster" : "cluster \"" + opts_.cluster_name + "\"";
+}
+
+uint64_t MembershipAgent::suspect_after_ms() const {
+  if (opts_.suspect_after_ms > 0) return opts_.suspect_after_ms;
+  return std::max(2 * opts_.heartbeat_interval_ms, opts_.dead_after_ms / 3);
+}
 
 MembershipAgent::MembershipAgent(MembershipAgentOptions options, Send send, Install install)
     : opts_(std::move(options)), send_(std::move(send)), install_(std::move(install)) {
@@ -83,23 +102,32 @@ void MembershipAgent::on_heartbeat(const Message& m, uint64_t now) {
   if (!fresh && p.member.incarnation < m.from.incarnation) {
     // Restarted: its mount replayed its own journal before its first heartbeat, so every
     // older incarnation is clean.
-    spdlog::info("membership: node {} restarted", m.from.id.value);
+    // Not a state change yet: the view that takes the new incarnation in logs "joined".
+    spdlog::debug("membership: node {}: heard a new incarnation of node {} (restarted)",
+                  opts_.self.id.value, m.from.id.value);
+    p.suspect = false;
     auto& c = clean_[m.from.id];
     c = std::max(c, m.from.incarnation - 1);
   }
   if (fresh) {
-    spdlog::info("membership: node {}: heard node {}", opts_.self.id.value, m.from.id.value);
+    spdlog::debug("membership: node {}: heard node {}", opts_.self.id.value, m.from.id.value);
     if (m.from.incarnation > 0) {
       auto& c = clean_[m.from.id];
       c = std::max(c, m.from.incarnation - 1);
     }
   }
   const bool was_leaving = p.leaving;
+  if (p.suspect && p.member == m.from) {
+    spdlog::info("node {} is heard again after {} ms: no longer suspect", m.from.id.value,
+                 now - p.last_heard);
+  }
+  p.suspect = false;
   p.member = m.from;
   p.last_heard = now;
   p.leaving = (m.flags & kFlagLeaving) != 0;
   if (p.leaving && !was_leaving) {
-    spdlog::info("membership: node {} is leaving", m.from.id.value);
+    // The view without it says "left" (one line per event).
+    spdlog::debug("membership: node {} announced that it leaves", m.from.id.value);
     auto& c = clean_[m.from.id];
     c = std::max(c, m.from.incarnation);
   }
@@ -123,8 +151,9 @@ void MembershipAgent::on_heartbeat(const Message& m, uint64_t now) {
       // were declared dead. From a higher node it only means that node has not heard us
       // yet (links come up one direction at a time); our next view will include it.
       if (!expelled_) {
-        spdlog::error("membership: node {} was dropped from the cluster by epoch {}",
-                      opts_.self.id.value, m.epoch);
+        spdlog::error("node {} was dropped from {} by node {} (epoch {}, members {}): the "
+                      "others declared it dead",
+                      opts_.self.id.value, cluster(), m.from.id.value, m.epoch, list(members));
       }
       expelled_ = true;
     } else if (leaving_ && joined_) {
@@ -152,7 +181,23 @@ void MembershipAgent::tick(uint64_t now) {
                                     [&](const auto& kv) { return is_alive(kv.second, now); });
     if (!anyone) left_ = true;
   }
+  watch_suspects(now);
   maybe_coordinate(now);
+}
+
+void MembershipAgent::watch_suspects(uint64_t now) {
+  if (!joined_ || leaving_ || expelled_) return;
+  for (auto& [id, p] : peers_) {
+    if (p.suspect || p.leaving || now - p.last_heard < suspect_after_ms()) continue;
+    // Only the incarnation our view holds: a node we merely hear is no member to lose. One
+    // silent past the dead-node timeout is still suspect until a view drops it (a driver
+    // thread that ran late sees both at once: suspect first, then declared dead).
+    const Member* m = find_id(view_.membership.members, id);
+    if (m == nullptr || *m != p.member) continue;
+    p.suspect = true;
+    spdlog::warn("node {} is suspect: no heartbeat from it for {} ms (declared dead after {} ms)",
+                 id.value, now - p.last_heard, opts_.dead_after_ms);
+  }
 }
 
 void MembershipAgent::leave(uint64_t now) {
@@ -162,7 +207,8 @@ void MembershipAgent::leave(uint64_t now) {
   }
   if (leaving_) return;
   leaving_ = true;
-  spdlog::info("membership: node {} leaves the cluster", opts_.self.id.value);
+  spdlog::info("node {} leaves {} (epoch {})", opts_.self.id.value, cluster(),
+               view_.membership.epoch);
   heartbeat_all();
   last_sent_ = now;
   if (!joined_) left_ = true;
@@ -225,8 +271,9 @@ void MembershipAgent::maybe_coordinate(uint64_t now) {
   next.membership.epoch = max_epoch + 1;
   next.membership.members = std::move(alive);
   next.clean = std::move(clean);
-  spdlog::info("membership: node {} coordinates epoch {}: members {}", opts_.self.id.value,
-               next.membership.epoch, list(next.membership.members));
+  // install() logs what the view changes; this only says who formed it.
+  spdlog::debug("membership: node {} coordinates epoch {}: members {}", opts_.self.id.value,
+                next.membership.epoch, list(next.membership.members));
   install(next, now);
   heartbeat_all();
   last_sent_ = now;
@@ -240,7 +287,47 @@ void MembershipAgent::mark_clean(const Member& departed, uint64_t now) {
 
 void MembershipAgent::stop() { running_ = false; }
 
+void MembershipAgent::log_view_change(const View& v) const {
+  const auto& before = view_.membership.members;
+  const auto& after = v.membership.members;
+  const uint64_t epoch = v.membership.epoch;
+  if (!joined_) {
+    spdlog::info("node {} joined {} (epoch {}, members {})", opts_.self.id.value, cluster(), epoch,
+                 list(after));
+    return;
+  }
+  for (const Member& m : after) {
+    const Member* old = find_id(before, m.id);
+    if (old != nullptr && *old == m) continue;
+    spdlog::info("node {} joined {} (epoch {}, members {}){}", m.id.value, cluster(), epoch,
+                 list(after), old != nullptr ? "; it restarted" : "");
+  }
+  for (const Member& m : before) {
+    if (find_id(after, m.id) != nullptr) continue;  // still there, or restarted (above)
+    if (clean_in(v, m.id, m.incarnation)) {
+      spdlog::info("node {} left {} (epoch {}, members {})", m.id.value, cluster(), epoch,
+                   list(after));
+    } else {
+      spdlog::warn("node {} declared dead: dropped from {} (epoch {}, members {}); what it held "
+                   "stays locked until its journal is replayed",
+                   m.id.value, cluster(), epoch, list(after));
+    }
+  }
+  // A dead node's journal replayed by a survivor: the DLM lets its locks go now.
+  for (const auto& [id, inc] : dead_) {
+    if (clean_in(v, id, inc) && !clean_in(view_, id, inc)) {
+      spdlog::info("node {}'s journal is replayed: {} releases what it held (epoch {})", id.value,
+                   cluster(), epoch);
+    }
+  }
+  if (!before.empty() && !after.empty() && before.front().id != after.front().id) {
+    spdlog::info("node {} is now the coordinator of {} (epoch {})", after.front().id.value,
+                 cluster(), epoch);
+  }
+}
+
 void MembershipAgent::install(const View& v, uint64_t now) {
+  log_view_change(v);
   // Members that left this view without a clean departure were declared dead.
   for (const Member& m : view_.membership.members) {
     if (std::find(v.membership.members.begin(), v.membership.members.end(), m) !=

@@ -23,6 +23,10 @@
 // `join_wait_ms` (or heard every configured node): otherwise two nodes starting side by side
 // could each master every lock.
 //
+// Logging: one line per change of the cluster as this node sees it — a node joined, left,
+// is suspect (heartbeats missed, once per episode), heard again, declared dead, its
+// journal replayed, a new coordinator (docs/logging.md has the list).
+//
 // Not thread-safe: the DlmNode driver thread calls everything. Time is in milliseconds of
 // any monotonic clock.
 #pragma once
@@ -46,6 +50,11 @@ struct MembershipAgentOptions {
   uint64_t heartbeat_interval_ms = 500;
   uint64_t dead_after_ms = 5000;
   uint64_t join_wait_ms = 1500;
+  // A member of our view not heard for this long is "suspect" (logged once per episode);
+  // 0: a third of dead_after_ms, at least two heartbeat intervals.
+  uint64_t suspect_after_ms = 0;
+  // For the log lines only (docs/logging.md): `cluster "NAME"`; empty: "the cluster".
+  std::string cluster_name;
 };
 
 // One installed view.
@@ -105,6 +114,8 @@ class MembershipAgent {
     Member member;
     uint64_t last_heard = 0;
     bool leaving = false;
+    // Not heard for suspect_after_ms while a member of our view; logged once per episode.
+    bool suspect = false;
     View view;
   };
 
@@ -118,6 +129,12 @@ class MembershipAgent {
   void heartbeat_all();
   void maybe_coordinate(uint64_t now);
   void install(const View& v, uint64_t now);
+  // One log line per change `v` makes to our view (docs/logging.md).
+  void log_view_change(const View& v) const;
+  // Suspect episodes of the members of our view: begin after suspect_after_ms of silence.
+  void watch_suspects(uint64_t now);
+  uint64_t suspect_after_ms() const;
+  std::string cluster() const;
 
   MembershipAgentOptions opts_;
   Send send_;

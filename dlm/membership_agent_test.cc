@@ -3,11 +3,14 @@
 #include "dlm/membership_agent.h"
 
 #include <gtest/gtest.h>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
 
 #include <deque>
 #include <map>
 #include <memory>
 #include <set>
+#include <sstream>
 
 namespace sharedfs::dlm {
 namespace {
@@ -96,6 +99,34 @@ class Net {
 };
 
 Member M(uint32_t id, uint64_t inc) { return Member{NodeId(id), inc}; }
+
+// What the agents log while it lives (every agent of a Net logs to the one default
+// logger, so each event appears once per node that saw it).
+class LogCapture {
+ public:
+  LogCapture() : saved_(spdlog::default_logger()) {
+    auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(out_);
+    sink->set_pattern("%v");
+    auto logger = std::make_shared<spdlog::logger>("capture", sink);
+    logger->set_level(spdlog::level::info);
+    spdlog::set_default_logger(logger);
+  }
+  ~LogCapture() { spdlog::set_default_logger(saved_); }
+  std::string text() const { return out_.str(); }
+  // Occurrences of `needle` since the last take(); forgets them.
+  int take(const std::string& needle) {
+    const std::string t = out_.str();
+    int n = 0;
+    for (size_t at = t.find(needle, from_); at != std::string::npos; at = t.find(needle, at + 1)) ++n;
+    return n;
+  }
+  void mark() { from_ = out_.str().size(); }
+
+ private:
+  std::ostringstream out_;
+  size_t from_ = 0;
+  std::shared_ptr<spdlog::logger> saved_;
+};
 
 bool has_clean(const View& v, Member m) {
   for (const Member& c : v.clean) {
@@ -259,6 +290,75 @@ TEST(MembershipAgent, ARestartedMemberNotYetHeardIsPresumedAliveByTheNextCoordin
   net.run_for(500);
   EXPECT_FALSE(net.agent(3).expelled());
   net.expect_agreed_members({M(2, 1), M(3, 2)});
+}
+
+// docs/logging.md: one line per event and node, whatever the number of ticks in between.
+TEST(MembershipAgent, EachStateChangeIsLoggedOncePerNode) {
+  LogCapture log;
+  Net net(3);
+  for (uint32_t i = 1; i <= 3; ++i) net.start(i, 10);
+  net.run_for(300);
+  net.expect_agreed_members({M(1, 10), M(2, 10), M(3, 10)});
+  for (uint32_t i = 1; i <= 3; ++i) {
+    EXPECT_EQ(log.take("node " + std::to_string(i) + " joined the cluster (epoch "), 1) << log.text();
+  }
+  // Node 3 goes quiet for 600 ms (suspect after a third of the 1000 ms timeout), then is
+  // heard again: one episode each for nodes 1 and 2, hundreds of ticks notwithstanding.
+  log.mark();
+  net.block(3, 1);
+  net.block(3, 2);
+  net.run_for(600);
+  EXPECT_EQ(log.take("node 3 is suspect: no heartbeat from it for "), 2) << log.text();
+  net.unblock(3, 1);
+  net.unblock(3, 2);
+  net.run_for(300);
+  EXPECT_EQ(log.take("node 3 is suspect"), 2) << log.text();
+  EXPECT_EQ(log.take("node 3 is heard again after "), 2) << log.text();
+  EXPECT_EQ(log.take("declared dead:"), 0) << log.text();
+  // The coordinator dies: suspect, declared dead, a new coordinator, once per survivor.
+  log.mark();
+  net.crash(1);
+  net.run_for(1500);
+  net.expect_agreed_members({M(2, 10), M(3, 10)});
+  EXPECT_EQ(log.take("node 1 is suspect"), 2) << log.text();
+  EXPECT_EQ(log.take("node 1 declared dead: dropped from the cluster (epoch "), 2) << log.text();
+  EXPECT_EQ(log.take("node 2 is now the coordinator of the cluster (epoch "), 2) << log.text();
+  EXPECT_EQ(log.take("node 1's journal is replayed"), 0) << log.text();
+  // A survivor replayed its journal (the failure manager's mark).
+  net.agent(2).mark_clean(M(1, 10), net.now());
+  net.run_for(300);
+  EXPECT_EQ(log.take("node 1's journal is replayed: the cluster releases what it held"), 2)
+      << log.text();
+  // It restarts: it joined, on every node; the coordinator is node 1 again.
+  log.mark();
+  net.start(1, 20);
+  net.run_for(1500);
+  net.expect_agreed_members({M(1, 20), M(2, 10), M(3, 10)});
+  EXPECT_EQ(log.take("node 1 joined the cluster (epoch "), 3) << log.text();
+  EXPECT_EQ(log.take("node 1 is now the coordinator"), 2) << log.text();
+  EXPECT_EQ(log.take("suspect"), 0) << log.text();
+  EXPECT_EQ(log.take("journal is replayed"), 0) << log.text();
+  // Node 3 leaves cleanly: it says so, the others say it left.
+  log.mark();
+  net.agent(3).leave(net.now());
+  net.run_for(300);
+  EXPECT_EQ(log.take("node 3 leaves the cluster"), 1) << log.text();
+  EXPECT_EQ(log.take("node 3 left the cluster (epoch "), 2) << log.text();
+  EXPECT_EQ(log.take("declared dead:"), 0) << log.text();
+  EXPECT_EQ(log.take("journal is replayed"), 0) << log.text();
+}
+
+TEST(MembershipAgent, LogLinesNameTheCluster) {
+  LogCapture log;
+  MembershipAgentOptions o;
+  o.self = M(1, 1);
+  o.configured = {NodeId(1)};
+  o.cluster_name = "prod";
+  MembershipAgent agent(o, [](const Message&) {}, [](const View&) {});
+  agent.start(1000);
+  agent.tick(1000 + o.join_wait_ms);
+  ASSERT_TRUE(agent.joined());
+  EXPECT_EQ(log.take("node 1 joined cluster \"prod\" (epoch 1, members 1)"), 1) << log.text();
 }
 
 }  // namespace

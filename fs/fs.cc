@@ -147,8 +147,8 @@ Status prepare_own_slot(device::BlockDevice& dev, const format::Superblock& sb, 
   }
   ASSIGN_OR_RETURN(auto replayed, journal::replay(dev, sb, slot));
   if (replayed.transactions > 0) {
-    spdlog::info("slot {}: replayed {} transactions ({} blocks) left by a crash", slot,
-                 replayed.transactions, replayed.blocks_written);
+    spdlog::warn("slot {}: replayed its own journal left by a crash ({} transactions, {} blocks)",
+                 slot, replayed.transactions, replayed.blocks_written);
   }
   return Status::ok();
 }
@@ -349,7 +349,9 @@ Status FileSystem::recover_slot(uint32_t slot, uint32_t dead_node) {
   RETURN_IF_ERROR(set_slot_in_use(slot, false));
   RETURN_IF_ERROR(tm_->commit().status());
   if (adopted > 0) {
-    spdlog::info("slot {}: took over {} orphan(s) of node {}", slot, adopted, dead_node);
+    spdlog::info("node {}: orphan recovery: took over {} unlinked inode(s) of node {} (slot {}), "
+                 "freed once no node has them open",
+                 opts_.node_id, adopted, dead_node, slot);
     retry_orphans();
   }
   return Status::ok();
@@ -897,6 +899,11 @@ Status FileSystem::free_orphans_at_mount() {
         ino = ref.inode.next_orphan;
         SHAREDFS_CHECK(orphan_next_.size() <= sb_.geo.total_blocks, "orphan chain loops");
       }
+      if (!orphan_next_.empty()) {
+        spdlog::info("node {}: orphan recovery: {} unlinked inode(s) left on slot {} by its "
+                     "previous mount, freed once no node has them open",
+                     opts_.node_id, orphan_next_.size(), opts_.slot);
+      }
     }
     retry_orphans();
     return Status::ok();
@@ -912,6 +919,11 @@ Status FileSystem::free_orphans_at_mount() {
         journal::Handle& h = change.handle;
         list.encode(buf->data(), ctx(blk));
         h.dirty(buf);
+      }
+      if (orphans_freed_at_mount_ > 0) {
+        spdlog::info("node {}: orphan recovery: freed {} unlinked inode(s) left on slot {} by its "
+                     "previous mount",
+                     opts_.node_id, orphans_freed_at_mount_, opts_.slot);
       }
       return Status::ok();
     }

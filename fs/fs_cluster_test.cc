@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <future>
 #include <thread>
 
 #include "dlm/cluster_test_util.h"
@@ -241,6 +242,67 @@ TEST_F(TwoNodeTest, StatfsCountsTheOtherNodesAllocations) {
   ASSERT_OK(a().unlink(root, "big"));
   EXPECT_TRUE(wait_for([&] { return b().statfs().f_bfree + 16 >= before; }))
       << "B sees " << b().statfs().f_bfree << " free blocks after the unlink, " << before << " before";
+}
+
+// Issue 7: statfs never waits on a cluster lock. B holds every AG lock in EX (A gave its
+// own up, and a thread of A waits for one to allocate); A's statfs still answers at once,
+// from its in-memory counts and the headers read in the background, with A's allocations
+// counted.
+TEST_F(TwoNodeTest, StatfsAnswersWithin100MsWhileTheOtherNodeHoldsEveryAgLock) {
+  using namespace std::chrono_literals;
+  auto sb = read_superblock(*dev_);
+  ASSERT_OK(sb);
+  const Ino root = a().root();
+  const struct statvfs empty = a().statfs();  // also starts A's background refresh
+  auto f = a().mknod(root, "big", S_IFREG | 0644, 0, caller_);
+  ASSERT_OK(f);
+  ASSERT_OK(a().write(f->ino, 0, std::vector<std::byte>(4 << 20)));  // 1024 blocks
+  a().forget(f->ino, 1);
+  const struct statvfs before = a().statfs();
+  ASSERT_LE(before.f_bfree + 1024, empty.f_bfree);
+  std::vector<dlm::Lock> held;
+  for (uint32_t ag = 0; ag < sb->geo.ag_count; ++ag) {
+    auto l = node_[1].locks->lock({dlm::LockSpace::kAllocGroup, ag}, dlm::LockMode::kEX);
+    ASSERT_OK(l);
+    held.push_back(std::move(*l));
+  }
+  // An allocation on A now waits for B (holding the root directory's lock meanwhile).
+  std::atomic<bool> created{false};
+  std::thread blocked([&] {
+    auto g = a().mknod(root, "waits", S_IFREG | 0644, 0, caller_);
+    EXPECT_OK(g);
+    created = true;
+    if (g) a().forget(g->ino, 1);
+  });
+  int answered = 0;
+  for (int i = 0; i < 10; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto fut = std::async(std::launch::async, [&] { return a().statfs(); });
+    if (fut.wait_for(2s) != std::future_status::ready) {
+      ADD_FAILURE() << "statfs waits while B holds every AG lock";
+      held.clear();  // lets it (and the test) finish
+      fut.wait();
+      break;
+    }
+    const struct statvfs s = fut.get();
+    const auto took = std::chrono::steady_clock::now() - t0;
+    EXPECT_LT(took, 100ms) << "statfs " << i << " took "
+                           << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
+                           << " ms";
+    EXPECT_EQ(s.f_blocks, before.f_blocks);
+    EXPECT_LE(s.f_bfree, s.f_blocks);
+    // Nothing allocated since: the figure A had, its own 1024 blocks still counted (A's AGs
+    // now come from their headers, which A's flush wrote home).
+    EXPECT_LE(s.f_bfree + 1024, empty.f_bfree);
+    EXPECT_NEAR(static_cast<double>(s.f_bfree), static_cast<double>(before.f_bfree), 16);
+    ++answered;
+    std::this_thread::sleep_for(50ms);  // background refreshes come in between
+  }
+  EXPECT_EQ(answered, 10);
+  EXPECT_FALSE(created.load()) << "B did not hold the AG locks against A: the test proves nothing";
+  held.clear();
+  blocked.join();
+  EXPECT_TRUE(created.load());
 }
 
 TEST_F(TwoNodeTest, ReplayAfterACrashDoesNotUndoTheOtherNodesChange) {

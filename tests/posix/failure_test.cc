@@ -14,6 +14,7 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -131,8 +132,54 @@ TEST(FailureTest, KilledNodeIsFencedAndReplayedAndNothingFsyncedIsLost) {
   EXPECT_EQ(status.rc, 0) << status.out;
   EXPECT_NE(status.out.find("recovered by 1"), std::string::npos) << status.out;
   EXPECT_NE(status.out.find("alive"), std::string::npos) << status.out;
-  const std::string log1 = slurp(c.log(1));
-  EXPECT_NE(log1.find("fenced node 3"), std::string::npos) << log1;
+  // The survivors' logs (docs/logging.md): one line per event, in order, from the start of
+  // the last suspect episode of node 3 (one before the kill may have ended: heard again).
+  auto episode = [&](int node) {
+    const std::string log = slurp(c.log(node));
+    const size_t again = log.rfind("node 3 is heard again");
+    return again == std::string::npos ? log : log.substr(again);
+  };
+  EXPECT_TRUE(wait_for_log(c.log(2), "node 3's journal is replayed", 5s)) << slurp(c.log(2));
+  const std::string log1 = episode(1);
+  testing::expect_once_in_order(
+      log1,
+      {"node 3 is suspect", "node 3 declared dead", "node 1: fencing node 3",
+       "node 1: fenced node 3", "node 1: replaying node 3's journal",
+       "node 1: replayed node 3's journal", "node 1: node 3 recovered"},
+      "node 1 (recovers)");
+  // The view releasing its locks: after the replay (before or after the slot takeover).
+  testing::expect_once_in_order(
+      log1, {"node 1: replayed node 3's journal", "node 3's journal is replayed"}, "node 1");
+  const std::string log2 = episode(2);
+  testing::expect_once_in_order(
+      log2, {"node 3 is suspect", "node 3 declared dead", "node 3's journal is replayed"},
+      "node 2");
+  for (const char* only_the_recovering_node :
+       {"fencing node 3", "fenced node 3", "replaying node 3", "replayed node 3",
+        "node 3 recovered"}) {
+    EXPECT_EQ(log2.find(only_the_recovering_node), std::string::npos) << log2;
+  }
+  // Node 3 comes back: it says it joined, and so do the others, once each. ("the cluster"
+  // where the daemon does not hand the agent its cluster's name.)
+  const std::regex joined(
+      R"(node 3 joined (cluster "test"|the cluster) \(epoch \d+, members 1,2,3\))");
+  auto joins = [&](const std::string& text) {
+    return std::distance(std::sregex_iterator(text.begin(), text.end(), joined),
+                         std::sregex_iterator());
+  };
+  size_t before[4];
+  for (int n = 1; n <= 3; ++n) before[n] = slurp(c.log(n)).size();
+  ASSERT_TRUE(c.mount(3)) << slurp(c.log(3));
+  for (int n = 1; n <= 3; ++n) {
+    const auto deadline = Clock::now() + 5s;
+    std::string since;
+    do {
+      since = slurp(c.log(n)).substr(before[n]);
+      if (joins(since) > 0) break;
+      std::this_thread::sleep_for(50ms);
+    } while (Clock::now() < deadline);
+    EXPECT_EQ(joins(since), 1) << "node " << n << "'s log since node 3's restart:\n" << since;
+  }
   EXPECT_EQ(c.unmount_all(), 0);
 }
 

@@ -15,6 +15,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "tests/posix/mounted_fs.h"
 
@@ -95,6 +96,40 @@ inline bool wait_for_log(const std::string& path, const std::string& needle,
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   do {
     if (slurp(path).find(needle) != std::string::npos) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  } while (std::chrono::steady_clock::now() < deadline);
+  return false;
+}
+
+// How many times `needle` occurs in `text`.
+inline int count_of(const std::string& text, const std::string& needle) {
+  int n = 0;
+  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
+  return n;
+}
+
+// Checks that each of `needles` occurs exactly once in `text`, in this order; `who` names
+// the log in the failure message.
+inline void expect_once_in_order(const std::string& text, const std::vector<std::string>& needles,
+                                 const std::string& who) {
+  size_t last = 0;
+  std::string prev = "(start)";
+  for (const std::string& n : needles) {
+    EXPECT_EQ(count_of(text, n), 1) << who << ": \"" << n << "\" should occur once\n" << text;
+    const size_t at = text.find(n);
+    if (at == std::string::npos) continue;
+    EXPECT_GE(at, last) << who << ": \"" << n << "\" before \"" << prev << "\"\n" << text;
+    last = at;
+    prev = n;
+  }
+}
+
+// Polls the daemon log at `path` until `needle` occurs `times` times.
+inline bool wait_for_log_count(const std::string& path, const std::string& needle, int times,
+                               std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  do {
+    if (count_of(slurp(path), needle) >= times) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   } while (std::chrono::steady_clock::now() < deadline);
   return false;
