@@ -123,6 +123,7 @@ Result<ClusterMembership> join_cluster(const cluster::ClusterConfig& config, uin
                        }));
   dlm::MembershipAgentOptions m;
   m.self = o.self;
+  m.cluster_name = config.name;  // in the agent's state-change lines (docs/logging.md)
   for (const auto& n : config.nodes) m.configured.push_back(NodeId(n.id));
   m.heartbeat_interval_ms = static_cast<uint64_t>(config.heartbeat_interval.count());
   m.dead_after_ms = static_cast<uint64_t>(config.heartbeat_timeout.count());
@@ -134,7 +135,8 @@ Result<ClusterMembership> join_cluster(const cluster::ClusterConfig& config, uin
   RETURN_IF_ERROR(c.locks->node().join(
       m, std::chrono::milliseconds(m.join_wait_ms) + 2 * config.heartbeat_timeout));
   const auto st = c.locks->node().membership_status();
-  spdlog::info("node {}: joined cluster \"{}\" at epoch {} with {} member(s)", node,
+  // The agent logged the join itself ("node N joined cluster ..."): this one is detail.
+  spdlog::debug("node {}: joined cluster \"{}\" at epoch {} with {} member(s)", node,
                config.name, st.view.membership.epoch, st.view.membership.members.size());
   return c;
 }
