@@ -27,6 +27,7 @@
 #include "fs/fs.h"
 #include "fs/fuse/fuse_frontend.h"
 #include "tools/control_socket.h"
+#include "tools/metrics_endpoint.h"
 #include "tools/node_report.h"
 #include "tools/fstab.h"
 #include "tools/sd_notify.h"
@@ -43,6 +44,7 @@ struct ParsedOptions {
   std::string config;
   std::optional<uint32_t> node;
   std::string stats_file;  // stats_file=PATH: counters as JSON on SIGUSR1 (tools/stats_file.h)
+  std::string metrics;     // metrics=HOST:PORT: the Prometheus endpoint (tools/metrics_endpoint.h)
 };
 
 Result<ParsedOptions> parse_options(const MountArgs& args) {
@@ -70,6 +72,9 @@ Result<ParsedOptions> parse_options(const MountArgs& args) {
           p.fuse.max_threads = static_cast<unsigned>(std::stoul(val));
         } else if (key == "commit") {
           p.mount.commit_interval = std::chrono::milliseconds(std::stoul(val) * 1000);
+        } else if (key == "metrics") {
+          if (val.find(':') == std::string::npos) throw std::invalid_argument("HOST:PORT");
+          p.metrics = val;
         } else if (key == "stats_file") {
           p.stats_file = std::filesystem::absolute(val).lexically_normal().string();
         } else if (key == "config") {
@@ -478,6 +483,7 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
   daemon.io = &counted;
   daemon.requests = &request_metrics;
   daemon.withdrawn_reason = [&withdrawal] { return withdrawal.reason(); };
+  daemon.recoveries = [&failures]() -> uint64_t { return failures ? failures->recoveries() : 0; };
   auto reporter = std::make_shared<NodeReporter>(std::move(daemon));
   if (membership) {
     membership->locks->node().set_query_responder(
@@ -494,6 +500,16 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
     } else {
       // The file system works without it; only the operator's view of this node is lost.
       spdlog::warn("node {}: no control socket: {}", args.node, server.status().to_string());
+    }
+  }
+  std::unique_ptr<MetricsEndpoint> metrics;
+  if (!p.metrics.empty()) {
+    auto endpoint = MetricsEndpoint::start(p.metrics, reporter->state());
+    if (endpoint) {
+      metrics = std::move(*endpoint);
+      spdlog::info("node {}: Prometheus metrics on http://{}/metrics", args.node, p.metrics);
+    } else {
+      spdlog::error("node {}: {}", args.node, endpoint.status().to_string());
     }
   }
   fs::fuse::FuseOptions fo = p.fuse;
@@ -536,6 +552,7 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
   });
   if (!st && !mounted) report(fmt::format("sharedfs: {}\n", st.to_string()));
   // Unmounted: nothing more to tell (the reporter reads what goes away below).
+  metrics.reset();
   control.reset();
   if (membership) membership->locks->node().set_query_responder({});
   advisory_locks.reset();  // the session is over: nobody holds or waits for one

@@ -44,6 +44,8 @@ struct DaemonState {
   const fs::fuse::RequestMetrics* requests = nullptr;
   // Why this node withdrew; empty while it has not.
   std::function<std::string()> withdrawn_reason;
+  // Nodes this node fenced and recovered (cluster::FailureManager::recoveries); may be empty.
+  std::function<uint64_t()> recoveries;
 };
 
 class NodeReporter {
@@ -58,6 +60,7 @@ class NodeReporter {
   std::string handle(const std::string& request) const;
 
   const DaemonState& state() const { return state_; }
+  DaemonState& state() { return state_; }
 
  private:
   DaemonState state_;

@@ -67,7 +67,8 @@ int main(int argc, char** argv) {
   mount->add_flag("-d,--debug", margs.debug, "log every FUSE request (implies -f)");
   mount->add_option("-o", margs.options,
                     "mount options: FUSE/kernel ones (ro, allow_other, ...) and "
-                    "no_writeback_cache, entry_timeout=S, attr_timeout=S, threads=N, read_ahead_kb=N, commit=S");
+                    "no_writeback_cache, entry_timeout=S, attr_timeout=S, threads=N, read_ahead_kb=N, commit=S, "
+                    "metrics=HOST:PORT (Prometheus endpoint), stats_file=PATH");
   mount->add_option("--node", margs.node, "node id (its journal slot is node - 1)")
       ->default_val(1);
   mount->add_option("--config", margs.config,

@@ -1,9 +1,12 @@
 // The operator's commands against a live 3-node cluster on this host (issue 7): `sharedfs
 // status`, `locks` and `top`, each answered by the daemons over their control sockets and
 // the DLM, with the JSON output parsed and checked against what the test did.
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <sys/file.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -195,6 +198,87 @@ TEST_F(OpsTest, TopShowsTheWorkOfTheNodeThatWorks) {
   EXPECT_GT(node2_ops, 50.0) << r.out;
   EXPECT_TRUE(saw_write) << r.out;
   EXPECT_LT(node1_ops, node2_ops) << r.out;
+}
+
+}  // namespace
+}  // namespace sharedfs
+
+namespace sharedfs {
+namespace {
+
+// GET http://127.0.0.1:PORT/metrics; the body, or "" on failure.
+std::string scrape(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return "";
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string out;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
+    const std::string req = "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n";
+    if (::write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
+      char buf[65536];
+      ssize_t n;
+      while ((n = ::read(fd, buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
+    }
+  }
+  ::close(fd);
+  const auto body = out.find("\r\n\r\n");
+  return body == std::string::npos ? "" : out.substr(body + 4);
+}
+
+// The sample `name{labels}` (labels exactly as printed) of a text exposition; -1 if absent.
+double sample(const std::string& text, const std::string& series) {
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.starts_with(series + " ")) return std::stod(line.substr(series.size() + 1));
+  }
+  return -1;
+}
+
+// The Prometheus endpoint of node 1, scraped and parsed: base units, `sharedfs_` names,
+// figures that follow what the test did.
+TEST(OpsMetricsTest, TheEndpointServesWhatTheNodeDid) {
+  MountedCluster c(3);
+  const int port = testing::free_port();
+  ASSERT_TRUE(c.mount(1, {"-o", "metrics=127.0.0.1:" + std::to_string(port)}));
+  ASSERT_TRUE(c.mount(2));
+  ASSERT_TRUE(c.mount(3));
+  for (int i = 0; i < 20; ++i)
+    testing::spit(c.path(1, "m" + std::to_string(i)), std::string(8192, 'm'));
+  ASSERT_EQ(::truncate(c.path(1, "m0").c_str(), 0), 0);
+  const std::string text = scrape(port);
+  ASSERT_FALSE(text.empty()) << "nothing on port " << port;
+  SCOPED_TRACE(text.substr(0, 4000));
+  EXPECT_EQ(sample(text, R"(sharedfs_build_info{cluster="test",node="1",version=")" +
+                             std::string(SHAREDFS_VERSION) + "\"}"),
+            1);
+  EXPECT_GE(sample(text, R"(sharedfs_fuse_request_duration_seconds_count{op="write"})"), 20);
+  EXPECT_GE(sample(text, R"(sharedfs_fuse_request_duration_seconds_bucket{op="write",le="+Inf"})"),
+            20);
+  EXPECT_GT(sample(text, R"(sharedfs_fuse_request_duration_seconds_sum{op="write"})"), 0);
+  EXPECT_GE(sample(text, R"(sharedfs_fuse_bytes_total{direction="write"})"), 20 * 8192);
+  EXPECT_EQ(sample(text, R"(sharedfs_nodes{state="member"})"), 3);
+  EXPECT_GE(sample(text, R"(sharedfs_heartbeat_age_seconds{peer="2"})"), 0);
+  EXPECT_LT(sample(text, R"(sharedfs_heartbeat_age_seconds{peer="2"})"), 1.5);
+  EXPECT_GT(sample(text, R"(sharedfs_dlm_lock_wait_seconds_count{mode="EX"})"), 0);
+  EXPECT_GT(sample(text, R"(sharedfs_dlm_locks_held{mode="EX"})"), 0);
+  EXPECT_GT(sample(text, R"(sharedfs_device_bytes_total{direction="write"})"), 0);
+  EXPECT_GT(sample(text, R"(sharedfs_device_io_duration_seconds_count{op="write"})"), 0);
+  EXPECT_GE(sample(text, R"(sharedfs_journal_used_ratio)"), 0);
+  EXPECT_GE(sample(text, R"(sharedfs_journal_commits_total)"), 0);
+  EXPECT_EQ(sample(text, R"(sharedfs_withdrawn)"), 0);
+  EXPECT_NE(text.find("# TYPE sharedfs_fuse_request_duration_seconds histogram"),
+            std::string::npos);
+  EXPECT_NE(text.find("# TYPE sharedfs_dlm_messages_total counter"), std::string::npos);
+  // Node 2 reads what node 1 wrote: node 1 gives its locks up (revocations counted).
+  EXPECT_EQ(testing::slurp(c.path(2, "m5")), std::string(8192, 'm'));
+  const std::string later = scrape(port);
+  EXPECT_GT(sample(later, R"(sharedfs_lock_revokes_total{kind="inode"})"), 0)
+      << later.substr(0, 3000);
+  EXPECT_EQ(c.unmount_all(), 0);
 }
 
 }  // namespace
