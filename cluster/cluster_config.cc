@@ -51,6 +51,38 @@ Result<int64_t> integer_field(const toml::table& t, std::string_view key, std::s
   return n->as_integer()->get();
 }
 
+// [cluster].id: what mkfs put in the superblock, any 64-bit value but 0. TOML integers are
+// signed, so an id above 2^63-1 is written as a string ("0xcafe...", or decimal).
+Result<uint64_t> cluster_id_field(const toml::table& t, std::string_view source) {
+  const toml::node* n = t.get("id");
+  if (n == nullptr) return config_error(source, "[cluster] needs 'id'");
+  uint64_t id = 0;
+  if (n->is_integer()) {
+    const int64_t v = n->as_integer()->get();
+    if (v <= 0) {
+      return config_error(source, "[cluster].id must be positive (an id above 2^63-1 is written "
+                                  "as a string: id = \"0x...\")");
+    }
+    id = static_cast<uint64_t>(v);
+  } else if (n->is_string()) {
+    const std::string& text = n->as_string()->get();
+    size_t used = 0;
+    try {
+      id = std::stoull(text, &used, 0);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != text.size() || text.starts_with('-') || id == 0) {
+      return config_error(source, fmt::format("[cluster].id \"{}\" is not a positive 64-bit number "
+                                              "(decimal or 0x hex)",
+                                              text));
+    }
+  } else {
+    return config_error(source, "[cluster].id must be an integer or a string holding one");
+  }
+  return id;
+}
+
 // "host:port" or "[v6]:port".
 Status parse_address(const std::string& address, NodeConfig& node, std::string_view where,
                      std::string_view source) {
@@ -107,8 +139,7 @@ Result<ClusterConfig> parse(std::string_view text, std::string_view source,
                                   "[cluster]", source));
   ClusterConfig cfg;
   ASSIGN_OR_RETURN(cfg.name, string_field(*c, "name", "[cluster]", source));
-  ASSIGN_OR_RETURN(int64_t id, integer_field(*c, "id", "[cluster]", source));
-  if (id <= 0) return config_error(source, "[cluster].id must be positive");
+  ASSIGN_OR_RETURN(uint64_t id, cluster_id_field(*c, source));
   cfg.id = static_cast<uint64_t>(id);
 
   ASSIGN_OR_RETURN(std::string secret, string_field(*c, "secret", "[cluster]", source, false));

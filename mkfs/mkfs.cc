@@ -122,7 +122,8 @@ Result<format::Superblock> make_filesystem(device::BlockDevice& dev, const MkfsO
   format::Superblock sb;
   sb.geo = g;
   sb.uuid = random_uuid(rng);
-  sb.cluster_id = opts.cluster_id.value_or(rng() | 1);
+  // 63 bits: a cluster config's id is a TOML integer, which is signed.
+  sb.cluster_id = opts.cluster_id.value_or((rng() >> 1) | 1);
   sb.created_ns = now_ns();
   sb.label = opts.label;
   sb.cluster_name = opts.cluster_name;

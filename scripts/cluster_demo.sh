@@ -38,9 +38,10 @@ start() {
   cid=$("$bin/sharedfs" debug superblock "$image" | awk '/cluster id/ {print $3}')
   [ -n "$cid" ] || { echo "no cluster id in the superblock of $image" >&2; return 1; }
   local cfg="$dir/cluster.toml"
-  sharedfs_write_cluster_config "$cfg" demo "$((cid))" 200 2000 "${nodes[@]}"
+  # As a string: TOML integers are signed, an id above 2^63-1 would not fit.
+  sharedfs_write_cluster_config "$cfg" demo "\"$cid\"" 200 2000 "${nodes[@]}"
   printf 'image=%q\n' "$image" >"$dir/cluster.env"
-  echo "== cluster config $cfg: cluster id $((cid)), nodes 1-3 on 127.0.0.1"
+  echo "== cluster config $cfg: cluster id $cid, nodes 1-3 on 127.0.0.1"
   for n in "${nodes[@]}"; do
     mkdir -p "$dir/node$n"
     echo "== sharedfs mount $image $dir/node$n --config $cfg --node $n"

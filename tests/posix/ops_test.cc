@@ -99,7 +99,20 @@ TEST_F(OpsTest, LocksBusyShowsTheHolderOnOneNodeAndTheWaiterOnAnother) {
   ASSERT_GE(fd1, 0);
   ASSERT_EQ(::flock(fd1, LOCK_EX), 0);
   std::atomic<bool> granted{false};
-  std::thread waiter([&] {
+  // Whatever fails below, the waiter is let through and joined before the test returns (a
+  // joinable thread at the end would abort the test binary and orphan the daemons).
+  struct Release {
+    int fd;
+    std::thread& t;
+    ~Release() {
+      ::flock(fd, LOCK_UN);
+      if (t.joinable()) t.join();
+      ::close(fd);
+    }
+  };
+  std::thread waiter;
+  Release release{fd1, waiter};
+  waiter = std::thread([&] {
     const int fd2 = ::open(c_->path(2, "contended").c_str(), O_RDWR);
     ASSERT_GE(fd2, 0);
     EXPECT_EQ(::flock(fd2, LOCK_EX), 0);
@@ -139,7 +152,6 @@ TEST_F(OpsTest, LocksBusyShowsTheHolderOnOneNodeAndTheWaiterOnAnother) {
   ASSERT_EQ(::flock(fd1, LOCK_UN), 0);
   waiter.join();
   EXPECT_TRUE(granted.load());
-  ::close(fd1);
   // Nobody waits any more.
   bool quiet = false;
   for (int i = 0; i < 50 && !quiet; ++i) {
@@ -172,7 +184,7 @@ TEST_F(OpsTest, TopShowsTheWorkOfTheNodeThatWorks) {
   });
   auto r = c_->cli("top --json -n 3 -i 0.5 --config " + c_->config());
   stop = true;
-  writer.join();
+  writer.join();  // nothing between the start and here can return early
   ASSERT_EQ(r.rc, 0) << r.out;
   std::istringstream lines(r.out);
   std::string line;
