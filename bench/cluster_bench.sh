@@ -89,7 +89,8 @@ done
 wanted() { [[ ",$ONLY," == *",$1,"* ]]; }
 if [ -n "$JSON" ]; then
   # Absolute: the script works from inside its work directory.
-  JSON="$(realpath -m -- "$JSON")" && [ -d "$(dirname "$JSON")" ] || die "--json: no directory for '$JSON'"
+  JSON="$(realpath -m -- "$JSON")"
+  [ -d "$(dirname "$JSON")" ] || die "--json: no directory for '$JSON'"
 fi
 
 # The dataset: half in 16 large files, half in small files of 16-256 KiB (sizes from a
@@ -735,13 +736,13 @@ for row in "${ROWS[@]}"; do
   echo "| ${LABEL[$row]} | ${UNIT[$row]} | $(fmt "$val")$mark | $(fmt "$ref") | $(ratio "$val" "$ref") | $msgs | $lr | $reads |"
   # One tab-separated line per row for --json: every run's figures, medians, counters.
   JROWS+="$row"$'\t'"${LABEL[$row]}"$'\t'"${SHORT[$row]}"$'\t'"${UNIT[$row]}"$'\t'"${REF[$row]:-}"
-  JROWS+=$'\t'"$(echo ${RES[$row]:-})"$'\t'"$(echo ${RES[${REF[$row]:-none}]:-})"$'\t'"$val"$'\t'"$ref"
+  JROWS+=$'\t'"${RES[$row]:-}"$'\t'"${RES[${REF[$row]:-none}]:-}"$'\t'"$val"$'\t'"$ref"
   for a in SENT LOCKREQ DEVREADS DEVMB; do
     case "$row" in
       *.p50 | *.p99) JROWS+=$'\t\t' ;;
       *)
         declare -n jarr="$a"
-        JROWS+=$'\t'"$(echo ${jarr[$row]:-})"$'\t'"$(med "$a" "$row")"
+        JROWS+=$'\t'"${jarr[$row]:-}"$'\t'"$(med "$a" "$row")"
         unset -n jarr ;;
     esac
   done

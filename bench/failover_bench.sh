@@ -44,8 +44,8 @@ for v in "$RUNS" "$HEARTBEAT_MS" "$TIMEOUT_MS"; do
   [[ "$v" =~ ^[1-9][0-9]*$ ]] || { usage >&2; exit 2; }
 done
 if [ -n "$JSON" ]; then
-  JSON="$(realpath -m -- "$JSON")" && [ -d "$(dirname "$JSON")" ] ||
-    { echo "failover_bench: --json: no directory for '$JSON'" >&2; exit 2; }
+  JSON="$(realpath -m -- "$JSON")"
+  [ -d "$(dirname "$JSON")" ] || { echo "failover_bench: --json: no directory for '$JSON'" >&2; exit 2; }
 fi
 
 [ "$(id -u)" -eq 0 ] || { echo "failover_bench: must run as root" >&2; exit 1; }

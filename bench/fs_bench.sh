@@ -84,7 +84,8 @@ for g in ${ONLY//,/ }; do
 done
 if [ -n "$JSON" ]; then
   # Absolute: the script works from inside its work directory.
-  JSON="$(realpath -m -- "$JSON")" && [ -d "$(dirname "$JSON")" ] || die "--json: no directory for '$JSON'"
+  JSON="$(realpath -m -- "$JSON")"
+  [ -d "$(dirname "$JSON")" ] || die "--json: no directory for '$JSON'"
 fi
 # wanted GROUP: whether --only lets GROUP run.
 wanted() { [[ ",$ONLY," == *",$1,"* ]]; }
@@ -605,7 +606,7 @@ for row in "${ROWS[@]}"; do
   # One tab-separated line per row for --json: every run's figures and the medians.
   JROWS+="$row"$'\t'"${LABEL[$row]}"$'\t'"${SHORT[$row]}"$'\t'"${UNIT[$row]}"
   for fs in sharedfs ext4 passthrough_ll; do
-    JROWS+=$'\t'"$([ "$fs" = sharedfs ] && [ "$HAVE_SFS" -eq 0 ] || echo ${RES["$row:$fs"]:-})"
+    JROWS+=$'\t'"$([ "$fs" = sharedfs ] && [ "$HAVE_SFS" -eq 0 ] || echo "${RES["$row:$fs"]:-}")"
   done
   JROWS+=$'\t'"${MED[sharedfs]}"$'\t'"${MED[ext4]}"$'\t'"${MED[passthrough_ll]}"$'\n'
   unset MED

@@ -214,7 +214,7 @@ class Charts:
             return None
         values = [v for _, vals in series for v in vals if is_num(v) and v > 0]
         if not values:
-            self.errors.append((png, "no figures to draw (every run failed or was n/a)"))
+            self.errors.append((png, "no figures: every run failed or was n/a"))
             return None
         span_lines = [y for y, _ in hlines if is_num(y) and y > 0]
         if log is None:
@@ -488,8 +488,14 @@ def report(args):
             sec.append("_The suite printed no table._")
         sec.append("")
         if doc is not None:
+            before = len(charts.errors)
             for png, alt in CHARTS[name](doc, charts):
                 sec += [f"![{alt}]({png})", ""]
+            if not ok and len(charts.errors) > before:
+                # Expected of a failed suite: said here, not counted against the report.
+                missing = charts.errors[before:]
+                del charts.errors[before:]
+                sec += ["_Charts not drawn: " + "; ".join(f"`{p}`: {w}" for p, w in missing) + "._", ""]
         elif jerr:
             sec += [f"_No charts: {jerr}._", ""]
         if not ok:
