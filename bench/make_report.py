@@ -149,13 +149,6 @@ def is_num(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def fmt(v):
-    """Like the suites' tables: thousands separated, one decimal below 100."""
-    if not is_num(v):
-        return str(v) if v is not None else "—"
-    return f"{v:.1f}" if abs(v) < 100 else f"{v:,.0f}"
-
-
 def short_num(v):
     """Bar labels: three significant figures, k/M suffixes."""
     if not is_num(v):
@@ -212,13 +205,18 @@ class Charts:
         if not self.terminal:
             self.errors.append((png, "this gnuplot has neither the pngcairo nor the png terminal"))
             return None
-        values = [v for _, vals in series for v in vals if is_num(v) and v > 0]
-        if not values:
+        if not any(is_num(v) for _, vals in series for v in vals):
             self.errors.append((png, "no figures: every run failed or was n/a"))
             return None
-        span_lines = [y for y, _ in hlines if is_num(y) and y > 0]
+        values = [v for _, vals in series for v in vals if is_num(v) and v > 0]
         if log is None:
-            log = max(values) / min(values) > 30
+            log = bool(values) and max(values) / min(values) > 30
+        if log and not values:
+            log = False
+        if not log:
+            # Zero is a figure on a linear scale (no messages sent, say).
+            values = [v for _, vals in series for v in vals if is_num(v)]
+        span_lines = [y for y, _ in hlines if is_num(y) and y > 0]
         os.makedirs(self.src_dir, exist_ok=True)
         dat = os.path.join(self.src_dir, f"{name}.dat")
         n = len(series)
@@ -234,6 +232,8 @@ class Charts:
                 f.write("\t".join(cols) + "\n")
         top = max(values + span_lines)
         bottom = min(values + span_lines)
+        if top <= 0:
+            top = 1.0
         if width is None:
             width = max(640, min(1600, 120 + len(categories) * (40 + 28 * n)))
         lines = [
@@ -253,6 +253,7 @@ class Charts:
         if len(categories) > 4 or max(len(c) for c in categories) > 18:
             lines.append("set xtics rotate by -30 left")
             lines.append("set bmargin 8")
+            lines.append("set rmargin 12")  # the last label runs to the right of its tick
         if log:
             lines.append("set logscale y")
             # Room above the tallest bar for its label and for the key.
@@ -453,7 +454,13 @@ def report(args):
         host = json.loads(host_text) if host_text else {}
     except ValueError:
         host = {}
-    host.setdefault("finished", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"))
+    # The run ended when the last suite did (its .meta is written then): a report redrawn
+    # later keeps the run's dates.
+    metas = [os.path.join(sdir, f"{n}.meta") for n, _, _ in SUITES]
+    ends = [os.path.getmtime(m) for m in metas if os.path.exists(m)]
+    if ends:
+        end = datetime.datetime.fromtimestamp(max(ends), datetime.timezone.utc)
+        host.setdefault("finished", end.strftime("%Y-%m-%d %H:%M:%S UTC"))
     charts = Charts(out_dir)
     ran, failed = [], []
     sections = []
