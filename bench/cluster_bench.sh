@@ -7,7 +7,7 @@
 # drop_caches). See bench/README.md.
 #
 #   bash bench/cluster_bench.sh [--quick] [--runs N] [--files N] [--data-mib N]
-#                               [--appends N] [--size-gib N] [--only GROUPS]
+#                               [--appends N] [--size-gib N] [--only GROUPS] [--json FILE]
 #
 # SHAREDFS_BIN_DIR overrides where sharedfs and mkfs.sharedfs are taken from (build/bin);
 # SHAREDFS_MKFS_ARGS and SHAREDFS_MOUNT_ARGS add words to their command lines.
@@ -24,11 +24,12 @@ DATA_MIB=""
 APPENDS=""
 SIZE_GIB=16
 ONLY="create,read,append"
+JSON=""
 
 usage() {
   cat <<EOF
 usage: bash bench/cluster_bench.sh [--quick] [--runs N] [--files N] [--data-mib N]
-                                   [--appends N] [--size-gib N] [--only GROUPS]
+                                   [--appends N] [--size-gib N] [--only GROUPS] [--json FILE]
   --quick       smaller sizes and one run (5,000 files per node, 256 MiB, 1,000 appends)
   --runs N      repetitions of every row, median reported; default 3 (--quick: 1)
   --files N     empty files each node creates in the create rows; default 50000
@@ -37,18 +38,19 @@ usage: bash bench/cluster_bench.sh [--quick] [--runs N] [--files N] [--data-mib 
   --size-gib N  size of the sparse disk image, GiB; default 16
   --only GROUPS comma-separated: create (1, 2, 3 nodes creating), read (3 nodes reading
                 one dataset, two epochs), append (two nodes appending in turn); default all
+  --json FILE   also write the figures (every run, medians, ratios, counters) as JSON to FILE
 EOF
 }
 
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1; shift ;;
-    --runs | --files | --data-mib | --appends | --size-gib | --only)
+    --runs | --files | --data-mib | --appends | --size-gib | --only | --json)
       [ $# -ge 2 ] || { usage >&2; exit 2; }
       v="${1#--}"; v="${v//-/_}"; v="${v^^}"
       printf -v "$v" '%s' "$2"
       shift 2 ;;
-    --runs=* | --files=* | --data-mib=* | --appends=* | --size-gib=* | --only=*)
+    --runs=* | --files=* | --data-mib=* | --appends=* | --size-gib=* | --only=* | --json=*)
       v="${1%%=*}"; v="${v#--}"; v="${v//-/_}"; v="${v^^}"
       printf -v "$v" '%s' "${1#*=}"
       shift ;;
@@ -85,6 +87,11 @@ for g in ${ONLY//,/ }; do
   case "$g" in create | read | append) ;; *) die "--only: unknown group '$g' (create, read, append)" ;; esac
 done
 wanted() { [[ ",$ONLY," == *",$1,"* ]]; }
+if [ -n "$JSON" ]; then
+  # Absolute: the script works from inside its work directory.
+  JSON="$(realpath -m -- "$JSON")"
+  [ -d "$(dirname "$JSON")" ] || die "--json: no directory for '$JSON'"
+fi
 
 # The dataset: half in 16 large files, half in small files of 16-256 KiB (sizes from a
 # PRNG seeded with the index; 136 KiB on average).
@@ -690,6 +697,12 @@ declare -A UNIT=(
 declare -A REF=(
   [create2]=create1 [create3]=create1 [read2]=read1 [pp2]=ppref [pp2.p50]=ppref.p50 [pp2.p99]=ppref.p99
 )
+# Short names for charts (bench/make_report.py); the table keeps the long ones.
+declare -A SHORT=(
+  [create1]="create, 1 node" [create2]="create, 2 nodes" [create3]="create, 3 nodes"
+  [read1]="read, epoch 1" [read2]="read, epoch 2" [ppref]="appends, one node"
+  [pp2]="appends, two nodes" [pp2.p50]="append latency p50" [pp2.p99]="append latency p99"
+)
 
 echo "## sharedfs cluster benchmark"
 echo
@@ -703,6 +716,7 @@ echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -n), kernel $(uname -r), $(nproc
 echo
 echo "| workload | unit | sharedfs | reference | ratio | DLM messages / op | lock requests | device reads |"
 echo "|---|---|--:|--:|--:|--:|--:|--:|"
+JROWS=""
 for row in "${ROWS[@]}"; do
   val="$(med RES "$row")"
   ref="—"
@@ -720,10 +734,74 @@ for row in "${ROWS[@]}"; do
   mark=""
   [ -n "${NOTE[${row%%.*}]:-}" ] && mark=" †"
   echo "| ${LABEL[$row]} | ${UNIT[$row]} | $(fmt "$val")$mark | $(fmt "$ref") | $(ratio "$val" "$ref") | $msgs | $lr | $reads |"
+  # One tab-separated line per row for --json: every run's figures, medians, counters.
+  JROWS+="$row"$'\t'"${LABEL[$row]}"$'\t'"${SHORT[$row]}"$'\t'"${UNIT[$row]}"$'\t'"${REF[$row]:-}"
+  JROWS+=$'\t'"${RES[$row]:-}"$'\t'"${RES[${REF[$row]:-none}]:-}"$'\t'"$val"$'\t'"$ref"
+  for a in SENT LOCKREQ DEVREADS DEVMB; do
+    case "$row" in
+      *.p50 | *.p99) JROWS+=$'\t\t' ;;
+      *)
+        declare -n jarr="$a"
+        JROWS+=$'\t'"${jarr[$row]:-}"$'\t'"$(med "$a" "$row")"
+        unset -n jarr ;;
+    esac
+  done
+  JROWS+=$'\t'"${NOTE[${row%%.*}]:+order}"$'\n'
 done
 if [ -n "${NOTE[pp2]:-}${NOTE[ppref]:-}" ]; then
   echo
   echo "† the file read back did not hold every append in order (appends lost or overwritten): the figure is not of a correct run."
+fi
+
+# write_json FILE: the rows above as JSON (numbers as numbers, "fail" and "n/a" as strings;
+# a median is "fail" if any run failed). The counters are summed over the nodes per phase.
+write_json() {
+  local py
+  IFS= read -r -d '' py <<'PYEOF'
+import json, sys
+
+(out, quick, runs, files, data_mib, appends, size_gib, nodes, secs, stats_ok, stats_note,
+ idle, failed) = sys.argv[1:]
+
+def num(v):
+    try:
+        return float(v)
+    except ValueError:
+        return v
+
+def nums(field):
+    return [num(v) for v in field.split()]
+
+rows = []
+for line in sys.stdin.read().splitlines():
+    if not line:
+        continue
+    f = line.split("\t")
+    row = {"id": f[0], "label": f[1], "short": f[2], "unit": f[3],
+           "higher_is_better": not f[0].endswith((".p50", ".p99")), "reference": f[4] or None,
+           "runs": nums(f[5]), "reference_runs": nums(f[6]), "median": num(f[7]),
+           "reference_median": num(f[8]) if f[4] else None}
+    m, r = row["median"], row["reference_median"]
+    row["ratio"] = m / r if isinstance(m, float) and isinstance(r, float) and r > 0 else None
+    for i, key in enumerate(["dlm_messages_per_op", "lock_requests", "device_reads", "device_read_mb"]):
+        runs_field, med_field = f[9 + 2 * i], f[10 + 2 * i]
+        row[key] = {"runs": nums(runs_field), "median": num(med_field)} if med_field else None
+    row["readback_wrong"] = f[17] == "order"
+    rows.append(row)
+doc = {"suite": "cluster", "quick": quick == "1", "runs": int(runs), "files_per_node": int(files),
+       "data_mib": int(data_mib), "appends": int(appends), "size_gib": int(size_gib),
+       "nodes": int(nodes), "seconds": int(secs), "counters": stats_ok == "1",
+       "counters_note": stats_note or None, "idle_2s": idle or None, "failed": failed != "0",
+       "rows": rows}
+with open(out, "w") as fp:
+    json.dump(doc, fp, indent=1)
+    fp.write("\n")
+PYEOF
+  python3 -c "$py" "$1" "$QUICK" "$RUNS" "$FILES" "$DATA_MIB" "$APPENDS" "$SIZE_GIB" "${#NODES[@]}" \
+    "$((T_END - T_START))" "$STATS_OK" "$STATS_NOTE" "$IDLE_LINE" "$FAILED" <<<"$JROWS"
+}
+if [ -n "$JSON" ]; then
+  write_json "$JSON" || { warn "cannot write $JSON"; FAILED=1; }
 fi
 
 if [ "$FAILED" -ne 0 ]; then

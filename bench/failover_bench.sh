@@ -10,33 +10,43 @@
 # Node 3 is restarted (rejoins) after each run. One Markdown table on stdout, progress on
 # stderr. Needs root (FUSE mounts).
 #
-#   bash bench/failover_bench.sh [--runs N] [--heartbeat-ms N] [--timeout-ms N]
+#   bash bench/failover_bench.sh [--quick] [--runs N] [--heartbeat-ms N] [--timeout-ms N]
+#                                [--json FILE]
 #
 # SHAREDFS_BIN_DIR overrides where sharedfs and mkfs.sharedfs are taken from (build/bin).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN_DIR="${SHAREDFS_BIN_DIR:-$ROOT/build/bin}"
-RUNS=10
+RUNS=""
 HEARTBEAT_MS=500
 TIMEOUT_MS=5000
+JSON=""
 
 usage() {
-  echo "usage: bash bench/failover_bench.sh [--runs N] [--heartbeat-ms N] [--timeout-ms N]"
-  echo "  defaults: 10 runs, the cluster config's defaults (heartbeat 500 ms, dead after 5000 ms)"
+  echo "usage: bash bench/failover_bench.sh [--quick] [--runs N] [--heartbeat-ms N] [--timeout-ms N] [--json FILE]"
+  echo "  defaults: 10 runs (--quick: 3), the cluster config's defaults (heartbeat 500 ms, dead after 5000 ms);"
+  echo "  --json FILE also writes every run's figures and the medians as JSON to FILE"
 }
 while [ $# -gt 0 ]; do
   case "$1" in
-    --runs) RUNS="$2"; shift 2 ;;
-    --heartbeat-ms) HEARTBEAT_MS="$2"; shift 2 ;;
-    --timeout-ms) TIMEOUT_MS="$2"; shift 2 ;;
+    --quick) RUNS="${RUNS:-3}"; shift ;;
+    --runs) RUNS="${2:-}"; shift 2 || { usage >&2; exit 2; } ;;
+    --heartbeat-ms) HEARTBEAT_MS="${2:-}"; shift 2 || { usage >&2; exit 2; } ;;
+    --timeout-ms) TIMEOUT_MS="${2:-}"; shift 2 || { usage >&2; exit 2; } ;;
+    --json) JSON="${2:-}"; shift 2 || { usage >&2; exit 2; } ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
   esac
 done
+RUNS="${RUNS:-10}"
 for v in "$RUNS" "$HEARTBEAT_MS" "$TIMEOUT_MS"; do
   [[ "$v" =~ ^[1-9][0-9]*$ ]] || { usage >&2; exit 2; }
 done
+if [ -n "$JSON" ]; then
+  JSON="$(realpath -m -- "$JSON")"
+  [ -d "$(dirname "$JSON")" ] || { echo "failover_bench: --json: no directory for '$JSON'" >&2; exit 2; }
+fi
 
 [ "$(id -u)" -eq 0 ] || { echo "failover_bench: must run as root" >&2; exit 1; }
 # shellcheck source=../scripts/lib.sh
@@ -53,10 +63,11 @@ truncate -s 4G "$WORK/disk.img"
   { echo "failover_bench: mkfs failed" >&2; exit 1; }
 sharedfs_write_cluster_config "$WORK/cluster.toml" failover 66 "$HEARTBEAT_MS" "$TIMEOUT_MS" 1 2 3
 
-python3 - "$BIN_DIR" "$WORK" "$RUNS" "$TIMEOUT_MS" <<'EOF'
-import os, signal, statistics, subprocess, sys, threading, time
+python3 - "$BIN_DIR" "$WORK" "$RUNS" "$TIMEOUT_MS" "$HEARTBEAT_MS" "$JSON" <<'EOF'
+import json, os, signal, statistics, subprocess, sys, threading, time
 
 bin_dir, work, runs, timeout_ms = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+heartbeat_ms, json_out = int(sys.argv[5]), sys.argv[6]
 img, cfg = f"{work}/disk.img", f"{work}/cluster.toml"
 procs = {}
 
@@ -180,6 +191,16 @@ print(f"| longest write+fsync on a file the dead node never touched, during fail
       f"{med(blocked):.1f} ms (max {max(blocked):.1f}) | longest before the kill {med(baseline):.1f} ms | "
       f"{med(blocked) / max(med(baseline), 0.001):.2f} | not blocked (within 100 ms of before): "
       f"{'met' if med(blocked) <= med(baseline) + 100 else 'NOT met'} |")
+if json_out:
+    with open(json_out, "w") as f:
+        json.dump({"suite": "failover", "runs": runs, "heartbeat_ms": heartbeat_ms,
+                   "timeout_ms": timeout_ms, "target_failover_ms": timeout_ms + 1000,
+                   "failover_ms": failovers, "blocked_ms": blocked, "baseline_ms": baseline,
+                   "median": {"failover_ms": med(failovers), "blocked_ms": med(blocked),
+                              "baseline_ms": med(baseline)},
+                   "met": {"failover": med(failovers) <= timeout_ms + 1000,
+                           "not_blocked": med(blocked) <= med(baseline) + 100}}, f, indent=1)
+        f.write("\n")
 EOF
 rc=$?
 for n in 1 2 3; do fusermount3 -u -z "$WORK/mnt$n" 2>/dev/null; done

@@ -6,6 +6,7 @@
 # stderr. Needs root (loop devices, mounts, drop_caches). See bench/README.md.
 #
 #   bash bench/fs_bench.sh [--size-gib N] [--quick] [--runs N] [--threads N] [--only GROUPS]
+#                          [--json FILE]
 #
 # SHAREDFS_BIN_DIR overrides where sharedfs and mkfs.sharedfs are taken from (build/bin);
 # SHAREDFS_MKFS_ARGS and SHAREDFS_MOUNT_ARGS add words to their command lines.
@@ -20,30 +21,35 @@ QUICK=0
 RUNS=""
 THREADS=1
 ONLY="seq,meta,small"
+JSON=""
 
 usage() {
   cat <<EOF
 usage: bash bench/fs_bench.sh [--size-gib N] [--quick] [--runs N] [--threads N] [--only GROUPS]
+                              [--json FILE]
   --size-gib N  size of each image (sharedfs, ext4) in GiB; default 8
   --quick       smaller data sizes and one run, a few minutes in all
   --runs N      repetitions per row, median reported; default 3 (--quick: 1)
   --threads N   threads of the create/stat/small-read/unlink rows; default 1
   --only GROUPS comma-separated row groups to run: seq (write, read, random read),
                 meta (create, stat, readdir, unlink), small (small-file read); default all
+  --json FILE   also write the figures (every run, medians, ratios) as JSON to FILE
 EOF
 }
 
 while [ $# -gt 0 ]; do
   case "$1" in
-    --size-gib) SIZE_GIB="${2:-}"; shift 2 ;;
+    --size-gib) SIZE_GIB="${2:-}"; shift 2 || { usage >&2; exit 2; } ;;
     --size-gib=*) SIZE_GIB="${1#*=}"; shift ;;
     --quick) QUICK=1; shift ;;
-    --runs) RUNS="${2:-}"; shift 2 ;;
+    --runs) RUNS="${2:-}"; shift 2 || { usage >&2; exit 2; } ;;
     --runs=*) RUNS="${1#*=}"; shift ;;
-    --threads) THREADS="${2:-}"; shift 2 ;;
+    --threads) THREADS="${2:-}"; shift 2 || { usage >&2; exit 2; } ;;
     --threads=*) THREADS="${1#*=}"; shift ;;
-    --only) ONLY="${2:-}"; shift 2 ;;
+    --only) ONLY="${2:-}"; shift 2 || { usage >&2; exit 2; } ;;
     --only=*) ONLY="${1#*=}"; shift ;;
+    --json) JSON="${2:-}"; shift 2 || { usage >&2; exit 2; } ;;
+    --json=*) JSON="${1#*=}"; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
   esac
@@ -76,6 +82,11 @@ die() {
 for g in ${ONLY//,/ }; do
   case "$g" in seq | meta | small) ;; *) die "--only: unknown group '$g' (seq, meta, small)" ;; esac
 done
+if [ -n "$JSON" ]; then
+  # Absolute: the script works from inside its work directory.
+  JSON="$(realpath -m -- "$JSON")"
+  [ -d "$(dirname "$JSON")" ] || die "--json: no directory for '$JSON'"
+fi
 # wanted GROUP: whether --only lets GROUP run.
 wanted() { [[ ",$ONLY," == *",$1,"* ]]; }
 
@@ -558,6 +569,12 @@ declare -A UNIT=(
   [seqwrite]="MB/s" [seqread]="MB/s" [randread]="IOPS" [create]="files/s" [statcold]="files/s"
   [statwarm]="files/s" [smallfiles]="files/s" [smallmb]="MB/s" [readdir]="entries/s" [unlink]="files/s"
 )
+# Short names for charts (bench/make_report.py); the table keeps the long ones.
+declare -A SHORT=(
+  [seqwrite]="seq write" [seqread]="seq read, cold" [randread]="random 4 KiB read, cold"
+  [create]="create" [statcold]="stat, cold" [statwarm]="stat, warm" [readdir]="readdir, cold"
+  [unlink]="unlink" [smallfiles]="small-file read, cold" [smallmb]="small-file read, cold"
+)
 
 storage="$(df -P /var/tmp | awk 'NR==2 {print $1}') ($(findmnt -rn -o FSTYPE --target /var/tmp))"
 echo "## sharedfs single-node benchmark"
@@ -572,6 +589,7 @@ echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -n), kernel $(uname -r), $(nproc
 echo
 echo "| row | unit | sharedfs | ext4 | passthrough_ll | sharedfs/ext4 | sharedfs/passthrough_ll |"
 echo "|---|---|--:|--:|--:|--:|--:|"
+JROWS=""
 for row in "${ROWS[@]}"; do
   declare -A MED=()
   for fs in sharedfs ext4 passthrough_ll; do
@@ -585,8 +603,57 @@ for row in "${ROWS[@]}"; do
   echo "| ${LABEL[$row]} | ${UNIT[$row]} | $(fmt "${MED[sharedfs]}") | $(fmt "${MED[ext4]}") |" \
     "$(fmt "${MED[passthrough_ll]}") | $(ratio "${MED[sharedfs]}" "${MED[ext4]}") |" \
     "$(ratio "${MED[sharedfs]}" "${MED[passthrough_ll]}") |"
+  # One tab-separated line per row for --json: every run's figures and the medians.
+  JROWS+="$row"$'\t'"${LABEL[$row]}"$'\t'"${SHORT[$row]}"$'\t'"${UNIT[$row]}"
+  for fs in sharedfs ext4 passthrough_ll; do
+    JROWS+=$'\t'"$([ "$fs" = sharedfs ] && [ "$HAVE_SFS" -eq 0 ] || echo "${RES["$row:$fs"]:-}")"
+  done
+  JROWS+=$'\t'"${MED[sharedfs]}"$'\t'"${MED[ext4]}"$'\t'"${MED[passthrough_ll]}"$'\n'
   unset MED
 done
+
+# write_json FILE: the rows above as JSON (numbers as numbers, "fail" and "n/a" as strings).
+write_json() {
+  local py
+  IFS= read -r -d '' py <<'PYEOF'
+import json, sys
+
+out, quick, runs, threads, size_gib, secs, have_sfs, sfs_note, count_note, version, failed = sys.argv[1:]
+FSS = ["sharedfs", "ext4", "passthrough_ll"]
+
+def num(v):
+    try:
+        return float(v)
+    except ValueError:
+        return v
+
+def ratio(a, b):
+    return a / b if isinstance(a, float) and isinstance(b, float) and b > 0 else None
+
+rows = []
+for line in sys.stdin.read().splitlines():
+    if not line:
+        continue
+    f = line.split("\t")
+    row = {"id": f[0], "label": f[1], "short": f[2], "unit": f[3],
+           "runs": {fs: [num(v) for v in f[4 + i].split()] for i, fs in enumerate(FSS)},
+           "median": {fs: num(f[7 + i]) for i, fs in enumerate(FSS)}}
+    row["ratio"] = {ref: ratio(row["median"]["sharedfs"], row["median"][ref]) for ref in FSS[1:]}
+    rows.append(row)
+doc = {"suite": "fs", "higher_is_better": True, "quick": quick == "1", "runs": int(runs),
+       "threads": int(threads), "size_gib": int(size_gib), "seconds": int(secs),
+       "sharedfs": version if have_sfs == "1" else None, "sharedfs_note": sfs_note or None,
+       "count_note": count_note or None, "failed": failed != "0", "filesystems": FSS, "rows": rows}
+with open(out, "w") as fp:
+    json.dump(doc, fp, indent=1)
+    fp.write("\n")
+PYEOF
+  python3 -c "$py" "$1" "$QUICK" "$RUNS" "$THREADS" "$SIZE_GIB" "$((T_END - T_START))" "$HAVE_SFS" \
+    "$SFS_NOTE" "$COUNT_NOTE" "$SFS_VERSION" "$FAILED" <<<"$JROWS"
+}
+if [ -n "$JSON" ]; then
+  write_json "$JSON" || { warn "cannot write $JSON"; FAILED=1; }
+fi
 
 if [ "$FAILED" -ne 0 ]; then
   warn "some measurements failed; the logs' last lines follow"

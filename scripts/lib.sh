@@ -18,7 +18,7 @@ SHAREDFS_PACKAGES=(
   libisal-dev libblkid-dev liburing-dev
   e2fsprogs xfsprogs btrfs-progs util-linux iproute2 clang-format
   clang-14 libclang-rt-14-dev
-  attr acl fio mount procps python3 systemd
+  attr acl fio mount procps python3 systemd gnuplot-nox
 )
 
 sharedfs_install_deps() {
