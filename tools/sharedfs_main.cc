@@ -6,6 +6,7 @@
 #include <CLI/CLI.hpp>
 
 #include "device/device.h"
+#include "fs/fs.h"
 #include "tools/debug_command.h"
 #include "tools/mount_command.h"
 #include "tools/mount_helper.h"
@@ -147,9 +148,11 @@ int main(int argc, char** argv) {
     sub->add_option("DEVICE", dev_path, "block device or image file")->required();
     sub->add_option("--host-id", host_hex, "act as this NVMe Host ID (32 hex digits)");
     sub->add_option("--node", node, "act as the host of this node id (with --cluster-id)");
-    sub->add_option("--cluster-id", cluster_id, "cluster id, for --node's Host ID");
+    sub->add_option("--cluster-id", cluster_id,
+                    "cluster id, for --node's Host ID (default: the device's)");
     sub->add_option("--cluster-name", cluster_name,
-                    "cluster name, for the keys of --node and --victim-node");
+                    "cluster name, for the keys of --node and --victim-node (default: the "
+                    "device's)");
   };
   auto host_of = [&]() -> Result<device::HostId> {
     if (!host_hex.empty()) {
@@ -161,6 +164,16 @@ int main(int argc, char** argv) {
     return device::HostId{};
   };
   auto run = [&](const std::function<Status(device::Reservations&)>& cmd) {
+    // The cluster's name and id default to the device's own (its superblock), as the
+    // daemons of a cluster formatted with that name use them.
+    if ((cluster_name.empty() || cluster_id == 0) && (node != 0 || victim_node != 0)) {
+      if (auto peek = device::open_device(dev_path, {}, /*read_only=*/true)) {
+        if (auto sb = fs::read_superblock(*peek->io)) {
+          if (cluster_name.empty()) cluster_name = sb->cluster_name;
+          if (cluster_id == 0) cluster_id = sb->cluster_id;
+        }
+      }
+    }
     // Keys default to the node's own (see node_reservation_key) when acting as --node.
     if (key == 0 && node != 0) key = device::node_reservation_key(cluster_name, node);
     if (victim == 0 && victim_node != 0) {
