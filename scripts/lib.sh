@@ -7,7 +7,8 @@ SHAREDFS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # because libnvme.pc requires json-c and openssl (checked on a debootstrap minbase);
 # clang-14 and libclang-rt-14-dev for the DLM decoder's libFuzzer run (else it is skipped);
 # python3 for the cluster scripts (free ports, the benchmark's JSON counters); systemd for
-# systemd-analyze, which checks the sharedfs@.service unit (systemd need not be running).
+# systemd-analyze, which checks the sharedfs@.service unit (systemd need not be running);
+# groff-base for groff, which the man_pages test renders man/*.8 with (not in minbase).
 SHAREDFS_PACKAGES=(
   build-essential cmake pkg-config git
   libfuse3-dev fuse3
@@ -18,7 +19,7 @@ SHAREDFS_PACKAGES=(
   libisal-dev libblkid-dev liburing-dev
   e2fsprogs xfsprogs btrfs-progs util-linux iproute2 clang-format
   clang-14 libclang-rt-14-dev
-  attr acl fio mount procps python3 systemd gnuplot-nox
+  attr acl fio mount procps python3 systemd gnuplot-nox groff-base
 )
 
 sharedfs_install_deps() {
