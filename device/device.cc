@@ -1,6 +1,8 @@
 // Shared pieces of device/: buffers, host ids, keys, reservation type names.
 #include "device/device.h"
 
+#include <filesystem>
+
 #include <fmt/format.h>
 
 #include <cstdlib>
@@ -159,8 +161,14 @@ const Registrant* ReservationReport::holder() const {
   return nullptr;
 }
 
+bool is_nvme_path(const std::string& path) {
+  std::error_code ec;
+  const auto real = std::filesystem::canonical(path, ec);
+  return (ec ? path : real.string()).starts_with("/dev/nvme");
+}
+
 Result<OpenDevice> open_device(const std::string& path, const HostId& host, bool read_only) {
-  if (path.starts_with("/dev/nvme")) {
+  if (is_nvme_path(path)) {
     NvmeOpenOptions opts{.read_only = read_only};
     if (!host.is_zero()) opts.expected_host = host;
     return open_nvme_device(path, opts);

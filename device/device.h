@@ -231,6 +231,11 @@ Result<OpenDevice> open_nvme_device(const std::string& path, const NvmeOpenOptio
 // else through the file backend as `host`.
 Result<OpenDevice> open_device(const std::string& path, const HostId& host, bool read_only);
 
+// Whether `path` is an NVMe namespace (/dev/nvme*), symbolic links such as
+// /dev/disk/by-id/nvme-... followed: open_device() chooses the NVMe backend for those, the
+// file emulation (reservations within one host only) for anything else.
+bool is_nvme_path(const std::string& path);
+
 // ---------------------------------------------------------------------------------------
 // Fault injection for tests.
 

@@ -10,8 +10,9 @@
 #                                                    exit, then fsck.sharedfs -n IMAGE
 #
 # DIR defaults to build/demo. `start` records the image in DIR/cluster.env for `stop`.
-# Always stop with `stop` (or fusermount3 -u on each node): a node that is killed instead
-# leaves the others waiting on the locks it held (failure recovery is not built yet).
+# Stop with `stop` (or fusermount3 -u on each node): a node that is killed instead is
+# fenced by the others after the dead-node timeout and its journal replayed
+# (docs/failure.md); it must be unmounted before it can mount again.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 bin="$SHAREDFS_ROOT/build/bin"

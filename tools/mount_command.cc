@@ -2,7 +2,10 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/sinks/syslog_sink.h>
 #include <spdlog/spdlog.h>
+#include <syslog.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -316,6 +319,20 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
     }
   };
   const uint32_t slot = args.node - 1;
+  // A daemon that detaches (fstab, mount -t, the OCF agent) loses its stderr once mounted:
+  // its lines go to syslog too (ident sharedfs-nodeN), so "suspect", "fenced", "withdraws"
+  // reach the journal. Set before any thread logs. Foreground daemons (systemd, tests) keep
+  // stderr alone.
+  if (!args.foreground) {
+    std::vector<spdlog::sink_ptr> sinks{
+        std::make_shared<spdlog::sinks::stderr_sink_mt>(),
+        std::make_shared<spdlog::sinks::syslog_sink_mt>(fmt::format("sharedfs-node{}", args.node),
+                                                        LOG_PID, LOG_DAEMON,
+                                                        /*enable_formatting=*/false)};
+    auto logger = std::make_shared<spdlog::logger>("sharedfs", sinks.begin(), sinks.end());
+    logger->set_level(spdlog::default_logger()->level());
+    spdlog::set_default_logger(std::move(logger));
+  }
   // Before any thread starts: SIGUSR1 is for the stats thread alone.
   if (!p.stats_file.empty()) StatsFile::block_signal();
   std::optional<cluster::ClusterConfig> config;
@@ -350,8 +367,13 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
       }
     }
   }
-  auto dev = device::open_device(args.device, device::HostId::for_node(sb.cluster_id, args.node),
-                                 /*read_only=*/false);
+  // An NVMe namespace speaks for this host with its controller's own Host ID (any distinct,
+  // stable one: docs/device-nvme.md); the image-file emulation has no host of its own and
+  // acts as the node's derived one. The node's reservation key is the same either way.
+  const device::HostId host = device::is_nvme_path(args.device)
+                                  ? device::HostId{}
+                                  : device::HostId::for_node(sb.cluster_id, args.node);
+  auto dev = device::open_device(args.device, host, /*read_only=*/false);
   if (!dev) {
     report(fmt::format("sharedfs: {}\n", dev.status().to_string()));
     return 1;

@@ -199,7 +199,7 @@ Result<std::optional<uint32_t>> local_node(const Context& ctx) {
   return std::optional<uint32_t>();
 }
 
-bool is_nvme(const std::string& path) { return path.starts_with("/dev/nvme"); }
+bool is_nvme(const std::string& path) { return device::is_nvme_path(path); }
 
 // Opens `path` to issue reservation commands as this host. An NVMe namespace speaks for the
 // controller's Host ID; the emulated reservations of an image file need to be told which
