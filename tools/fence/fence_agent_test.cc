@@ -380,6 +380,9 @@ class OcfAgentTest : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = testing::scratch_dir("ocf");
+    // The daemon's control socket and state files: a directory of this test's own (the
+    // default /run/sharedfs is shared by every cluster on the host), with a short path.
+    run_dir_ = "/tmp/sharedfs-ocf-run-" + std::to_string(getpid());
     image_ = (dir_ / "disk.img").string();
     mnt_ = (dir_ / "mnt").string();
     config_ = (dir_ / "cluster.toml").string();
@@ -406,10 +409,12 @@ class OcfAgentTest : public ::testing::Test {
     // Whatever happened, nothing stays mounted; the daemon exits once its mount is gone.
     (void)run_command("fusermount3 -u -z " + mnt_ + " 2>/dev/null");
     std::filesystem::remove_all(dir_);
+    std::filesystem::remove_all(run_dir_);
   }
 
   testing::CommandResult ocf(const std::string& action, const std::string& extra_env = "") const {
-    return run_command("env OCF_RESKEY_device=" + image_ + " OCF_RESKEY_mountpoint=" + mnt_ +
+    return run_command("env SHAREDFS_RUN_DIR=" + run_dir_ + " OCF_RESKEY_device=" + image_ +
+                       " OCF_RESKEY_mountpoint=" + mnt_ +
                        " OCF_RESKEY_config=" + config_ + " OCF_RESKEY_binary=" + SHAREDFS_BIN +
                        " OCF_RESKEY_force_unmount=false OCF_RESKEY_monitor_timeout=5 " + extra_env +
                        " sh " + OCF_AGENT + " " + action);
@@ -429,7 +434,7 @@ class OcfAgentTest : public ::testing::Test {
   }
 
   std::filesystem::path dir_;
-  std::string image_, mnt_, config_, host_;
+  std::string image_, mnt_, config_, host_, run_dir_;
 };
 
 constexpr int kOcfSuccess = 0;
