@@ -10,11 +10,12 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <regex>
 #include <set>
 
 namespace sharedfs::tools {
@@ -66,21 +67,39 @@ std::string control_socket_path(uint64_t cluster_id, uint32_t node) {
   return fmt::format("{}/cluster-{}/node-{}.sock", run_dir(), cluster_id, node);
 }
 
+namespace {
+
+// The number in `name` between `prefix` and `suffix`, all digits; nullopt otherwise.
+std::optional<uint64_t> number_between(const std::string& name, std::string_view prefix,
+                                       std::string_view suffix) {
+  if (name.size() <= prefix.size() + suffix.size() || !name.starts_with(prefix) ||
+      !name.ends_with(suffix)) {
+    return std::nullopt;
+  }
+  const std::string digits =
+      name.substr(prefix.size(), name.size() - prefix.size() - suffix.size());
+  if (digits.size() > 20 || !std::all_of(digits.begin(), digits.end(), ::isdigit)) {
+    return std::nullopt;
+  }
+  try {
+    return std::stoull(digits);
+  } catch (const std::exception&) {
+    return std::nullopt;  // above 2^64
+  }
+}
+
+}  // namespace
+
 std::vector<ControlSocket> find_control_sockets() {
   std::vector<ControlSocket> out;
   std::error_code ec;
-  static const std::regex cluster_re("cluster-([0-9]+)");
-  static const std::regex node_re("node-([0-9]+)\\.sock");
   for (const auto& dir : std::filesystem::directory_iterator(run_dir(), ec)) {
-    std::smatch cm;
-    const std::string cname = dir.path().filename().string();
-    if (!dir.is_directory(ec) || !std::regex_match(cname, cm, cluster_re)) continue;
+    const auto cluster = number_between(dir.path().filename().string(), "cluster-", "");
+    if (!dir.is_directory(ec) || !cluster) continue;
     for (const auto& f : std::filesystem::directory_iterator(dir.path(), ec)) {
-      std::smatch nm;
-      const std::string fname = f.path().filename().string();
-      if (!std::regex_match(fname, nm, node_re)) continue;
-      out.push_back({f.path().string(), std::stoull(cm[1].str()),
-                     static_cast<uint32_t>(std::stoul(nm[1].str()))});
+      const auto node = number_between(f.path().filename().string(), "node-", ".sock");
+      if (!node || *node > UINT32_MAX) continue;
+      out.push_back({f.path().string(), *cluster, static_cast<uint32_t>(*node)});
     }
   }
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
