@@ -1,7 +1,5 @@
-// device/ internal — MD5 (RFC 1321), only to derive reservation keys the way fence_scsi does
-// (node_reservation_key). Not for security: nothing here resists an adversary. Our own
-// copy rather than OpenSSL's because OpenSSL refuses MD5 on FIPS hosts, where the key
-// must still come out the same as fence_scsi's.
+// device/ internal — MD5 (OpenSSL's), only to derive reservation keys the way fence_scsi
+// does (node_reservation_key). Not for security: nothing here resists an adversary.
 #pragma once
 
 #include <array>

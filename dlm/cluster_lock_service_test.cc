@@ -113,15 +113,16 @@ TEST(ClusterLockService, QueriesReachEveryMemberAndTheirAnswersComeBack) {
           return fmt::format("node {} epoch {} heard {}", i + 1, lm.epoch(), q);
         });
   }
-  auto answers = c.svc[0]->node().query_all("who", std::chrono::seconds(5));
+  auto got = c.svc[0]->node().query_all("who", std::chrono::seconds(5));
+  auto& answers = got.answers;
   ASSERT_EQ(answers.size(), 2u);
   EXPECT_EQ(answers[1], "node 1 epoch 1 heard who");
   EXPECT_EQ(answers[2], "node 2 epoch 1 heard who");
-  EXPECT_EQ(c.svc[1]->node().view_members(), (std::vector<uint32_t>{1, 2}));
+  EXPECT_EQ(got.members, (std::vector<uint32_t>{1, 2}));
 
   c.svc[1]->node().set_query_responder({});  // node 2 stops answering
   const auto start = std::chrono::steady_clock::now();
-  answers = c.svc[0]->node().query_all("again", std::chrono::milliseconds(300));
+  answers = c.svc[0]->node().query_all("again", std::chrono::milliseconds(300)).answers;
   EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(300));
   ASSERT_EQ(answers.size(), 1u);
   EXPECT_TRUE(answers.contains(1));

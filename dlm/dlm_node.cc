@@ -186,16 +186,8 @@ void DlmNode::on_query(const Message& m) {
   answers_cv_.notify_all();
 }
 
-std::vector<uint32_t> DlmNode::view_members() {
-  std::vector<uint32_t> out;
-  call([&](LockManager& lm, LockCache&) {
-    for (const Member& m : lm.members()) out.push_back(m.id.value);
-  });
-  return out;
-}
-
-std::map<uint32_t, std::string> DlmNode::query_all(const std::string& question,
-                                                   std::chrono::milliseconds timeout) {
+DlmNode::QueryAnswers DlmNode::query_all(const std::string& question,
+                                         std::chrono::milliseconds timeout) {
   uint64_t id = 0;
   {
     std::lock_guard lock(mu_);
@@ -252,7 +244,7 @@ std::map<uint32_t, std::string> DlmNode::query_all(const std::string& question,
     post(ask);
     lock.lock();
   }
-  auto out = std::move(answers_[id]);
+  QueryAnswers out{std::move(members), std::move(answers_[id])};
   answers_.erase(id);
   return out;
 }

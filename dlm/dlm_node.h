@@ -93,13 +93,14 @@ class DlmNode {
   using QueryResponder =
       std::function<std::string(const std::string& question, LockManager&, LockCache&)>;
   void set_query_responder(QueryResponder responder);
+  struct QueryAnswers {
+    std::vector<uint32_t> members;            // the current epoch's, when asked
+    std::map<uint32_t, std::string> answers;  // node id -> answer
+  };
   // Asks every configured node (this one too) and waits up to `timeout` for the answers
-  // of the current view's members: node id -> answer. Nodes outside the view are in it
-  // only if they answered meanwhile; a member that did not answer in time is missing.
-  std::map<uint32_t, std::string> query_all(const std::string& question,
-                                            std::chrono::milliseconds timeout);
-  // The ids of the current epoch's members: whose answers query_all() waits for.
-  std::vector<uint32_t> view_members();
+  // of the current epoch's members. Nodes outside the view are in `answers` only if they
+  // answered meanwhile; a member that did not answer in time is missing.
+  QueryAnswers query_all(const std::string& question, std::chrono::milliseconds timeout);
 
  private:
   DlmNode(DlmNodeOptions options, std::unique_ptr<ZmqTransport> transport,
@@ -120,12 +121,12 @@ class DlmNode {
   MessageCodec codec_;  // heartbeats out
   std::mutex mu_;
   std::condition_variable membership_cv_;  // joined/left changed
-  std::deque<Task> tasks_;  // GUARDED_BY(mu_)
-  bool stop_ = false;       // GUARDED_BY(mu_)
-  bool joined_ = false;     // GUARDED_BY(mu_)
-  bool left_ = false;       // GUARDED_BY(mu_)
+  std::deque<Task> tasks_;                 // GUARDED_BY(mu_)
+  bool stop_ = false;                      // GUARDED_BY(mu_)
+  bool joined_ = false;                    // GUARDED_BY(mu_)
+  bool left_ = false;                      // GUARDED_BY(mu_)
   // Queries this node asked, by id: the answers so far.
-  uint64_t next_query_ = 1;                                        // GUARDED_BY(mu_)
+  uint64_t next_query_ = 1;                                      // GUARDED_BY(mu_)
   std::map<uint64_t, std::map<uint32_t, std::string>> answers_;  // GUARDED_BY(mu_)
   std::condition_variable answers_cv_;
   std::thread thread_;

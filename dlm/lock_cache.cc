@@ -121,6 +121,13 @@ void LockCache::pump(const ResourceName& name) {
   }
 }
 
+std::array<size_t, 3> LockCache::count_by_mode() const {
+  std::array<size_t, 3> out{};
+  for (const auto& [name, e] : entries_) {
+    if (e.granted) ++out[static_cast<size_t>(*e.granted)];
+  }
+  return out;
+}
 
 std::vector<LockCache::CachedLock> LockCache::snapshot(bool busy_only, size_t limit,
                                                        size_t* total) const {

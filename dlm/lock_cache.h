@@ -12,6 +12,7 @@
 // Callbacks (completions, the flush hook) run on the caller's thread.
 #pragma once
 
+#include <array>
 #include <deque>
 #include <functional>
 #include <map>
@@ -56,13 +57,17 @@ class LockCache {
     ResourceName name;
     std::optional<LockMode> granted;
     int users = 0;
-    size_t local_waiters = 0;        // this node's threads waiting for a stronger mode
+    size_t local_waiters = 0;                  // this node's threads waiting for a stronger mode
     std::optional<LockMode> wanted_elsewhere;  // another node waits: give it up when free
-    bool flushing = false;           // a request or the flush hook is in progress
+    bool flushing = false;                     // a request or the flush hook is in progress
   };
   // With `busy_only`, only locks someone waits for (here or elsewhere) or in transition.
   // At most `limit`; `total` gets how many are cached.
   std::vector<CachedLock> snapshot(bool busy_only, size_t limit, size_t* total) const;
+  // Resources with an entry (cached, or being acquired).
+  size_t size() const { return entries_.size(); }
+  // Cached locks by the mode granted (NL, PR, EX), without listing them.
+  std::array<size_t, 3> count_by_mode() const;
 
  private:
   struct Waiter {

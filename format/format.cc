@@ -141,6 +141,15 @@ std::string_view block_type_name(BlockType type) {
   return "unknown block";
 }
 
+std::string uuid_to_string(const std::array<uint8_t, 16>& uuid) {
+  std::string s;
+  for (size_t i = 0; i < uuid.size(); ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) s += '-';
+    s += fmt::format("{:02x}", uuid[i]);
+  }
+  return s;
+}
+
 uint32_t fs_tag_of(const std::array<uint8_t, 16>& uuid) {
   return crc32c(std::as_bytes(std::span(uuid)));
 }

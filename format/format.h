@@ -65,6 +65,8 @@ struct BlockContext {
 };
 
 uint32_t fs_tag_of(const std::array<uint8_t, 16>& uuid);
+// "0123abcd-..." as blkid and mkfs print a uuid.
+std::string uuid_to_string(const std::array<uint8_t, 16>& uuid);
 
 // Writes the header (magic, self block number, seq, tag, version) and the checksum. The
 // structure's fields must already be in `block`; call this last.

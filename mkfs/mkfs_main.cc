@@ -23,20 +23,11 @@ std::string human(uint64_t bytes) {
   return fmt::format("{:.{}f} {}", v, u == 0 ? 0 : 1, units[u]);
 }
 
-std::string uuid_string(const std::array<uint8_t, 16>& u) {
-  std::string s;
-  for (size_t i = 0; i < u.size(); ++i) {
-    if (i == 4 || i == 6 || i == 8 || i == 10) s += '-';
-    s += fmt::format("{:02x}", u[i]);
-  }
-  return s;
-}
-
 void print_geometry(const std::string& path, const format::Superblock& sb) {
   const auto& g = sb.geo;
   const uint64_t bs = g.block_size;
   fmt::print("sharedfs created on {}\n", path);
-  fmt::print("  uuid:               {}\n", uuid_string(sb.uuid));
+  fmt::print("  uuid:               {}\n", format::uuid_to_string(sb.uuid));
   fmt::print("  cluster id:         {:#018x}{}\n", sb.cluster_id,
              sb.cluster_name.empty() ? "" : " (" + sb.cluster_name + ")");
   if (!sb.label.empty()) fmt::print("  label:              {}\n", sb.label);

@@ -20,15 +20,6 @@ constexpr uint64_t kMountRootIno = 1;
 
 std::string hex64(uint64_t v) { return fmt::format("{:#018x}", v); }
 
-std::string uuid_string(const std::array<uint8_t, 16>& u) {
-  std::string s;
-  for (size_t i = 0; i < u.size(); ++i) {
-    if (i == 4 || i == 6 || i == 8 || i == 10) s += '-';
-    s += fmt::format("{:02x}", u[i]);
-  }
-  return s;
-}
-
 Status read_block(device::BlockDevice& dev, const Superblock& sb, uint64_t blkno,
                   AlignedBuffer& buf) {
   return dev.read(blkno * sb.geo.block_size, buf.span())
@@ -47,7 +38,7 @@ Json superblock_json(const Superblock& sb) {
   return Json{
       {"block_size", g.block_size},
       {"total_blocks", g.total_blocks},
-      {"uuid", uuid_string(sb.uuid)},
+      {"uuid", format::uuid_to_string(sb.uuid)},
       {"cluster_id", sb.cluster_id},
       {"cluster_name", sb.cluster_name},
       {"label", sb.label},

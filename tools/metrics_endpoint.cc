@@ -170,19 +170,19 @@ class MetricsEndpoint::Collector : public prometheus::Collectable {
     add_histogram(waits, st_.locks->wait_latency(dlm::LockMode::kEX), {{"mode", "EX"}});
     out.push_back(std::move(waits));
     dlm::LockManagerStats stats;
-    std::map<std::string, double> held;
+    std::array<size_t, 3> held{};
     dlm::DlmNode::MembershipStatus ms;
     st_.locks->node().call([&](dlm::LockManager& lm, dlm::LockCache& cache) {
       stats = lm.stats();
-      size_t total = 0;
-      for (const auto& c : cache.snapshot(false, std::numeric_limits<size_t>::max(), &total)) {
-        if (c.granted) held[std::string(dlm::lock_mode_name(*c.granted))] += 1;
-      }
+      held = cache.count_by_mode();
       ms = st_.locks->node().membership_status_on_driver();
     });
     auto holds = family("sharedfs_dlm_locks_held", "Cluster locks this node holds, by mode.",
                         MetricType::Gauge);
-    for (const char* mode : {"NL", "PR", "EX"}) add_value(holds, held[mode], {{"mode", mode}});
+    for (auto mode : {dlm::LockMode::kNL, dlm::LockMode::kPR, dlm::LockMode::kEX}) {
+      add_value(holds, static_cast<double>(held[static_cast<size_t>(mode)]),
+                {{"mode", std::string(dlm::lock_mode_name(mode))}});
+    }
     out.push_back(std::move(holds));
     auto msgs =
         family("sharedfs_dlm_messages_total", "DLM messages, by direction.", MetricType::Counter);

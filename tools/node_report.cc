@@ -208,8 +208,7 @@ json stats_of(const DaemonState& st, dlm::LockManager* lm, dlm::LockCache* cache
   }
   if (lm != nullptr && st.locks != nullptr) {
     const auto& d = lm->stats();
-    size_t cached = 0;
-    if (cache != nullptr) (void)cache->snapshot(/*busy_only=*/true, 0, &cached);
+    const size_t cached = cache != nullptr ? cache->size() : 0;
     j["dlm"] = {{"sent", d.sent},
                 {"received", d.received},
                 {"retransmitted", d.retransmitted},
@@ -270,10 +269,10 @@ std::string NodeReporter::handle(const std::string& request) const {
         [&](dlm::LockManager& lm, dlm::LockCache& cache) { own = answer(question, &lm, &cache); });
     return own;
   }
-  const auto answers = node.query_all(question, timeout);
+  const auto [asked, answers] = node.query_all(question, timeout);
   json members = json::array();
   json unanswered = json::array();
-  for (uint32_t m : node.view_members()) {
+  for (uint32_t m : asked) {
     members.push_back(m);
     if (!answers.contains(m)) unanswered.push_back(m);
   }

@@ -27,6 +27,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -139,6 +140,52 @@ MountInfo mount_info(const std::string& dir) {
   }
   return found;
 }
+
+// The socket a Type=notify unit's manager listens on ($NOTIFY_SOCKET): datagrams.
+class NotifyListener {
+ public:
+  explicit NotifyListener(std::string path) : path_(std::move(path)) {
+    fd_ = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd_ < 0) {
+      error_ = std::string("socket: ") + strerror(errno);
+      return;
+    }
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, path_.c_str(), sizeof(addr.sun_path) - 1);
+    if (bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+      error_ = std::string("bind ") + path_ + ": " + strerror(errno);
+    }
+    timeval tv{0, 50 * 1000};
+    setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  }
+  ~NotifyListener() {
+    if (fd_ >= 0) close(fd_);
+  }
+  NotifyListener(const NotifyListener&) = delete;
+  NotifyListener& operator=(const NotifyListener&) = delete;
+
+  const std::string& path() const { return path_; }
+  // "" when listening; else what failed.
+  const std::string& error() const { return error_; }
+  // The first message within 20 s ("" if none); `on_message` runs the moment it arrives.
+  std::string receive(const std::function<void()>& on_message = {}) {
+    for (int i = 0; i < 400; ++i) {
+      char buf[256];
+      const ssize_t n = recv(fd_, buf, sizeof buf, 0);
+      if (n > 0) {
+        if (on_message) on_message();
+        return std::string(buf, static_cast<size_t>(n));
+      }
+    }
+    return "";
+  }
+
+ private:
+  std::string path_;
+  std::string error_;
+  int fd_ = -1;
+};
 
 class MountOpsTest : public ::testing::Test {
  protected:
@@ -423,15 +470,9 @@ TEST_F(MountOpsTest, UpdateFstabThatCannotBeWrittenFailsBeforeMounting) {
 // What a Type=notify unit waits for: READY=1 on $NOTIFY_SOCKET, once the mount is up.
 TEST_F(MountOpsTest, ForegroundDaemonTellsSystemdOnceMounted) {
   const std::string m = mnt("mnt");
-  const std::string sock_path = (dir_ / "notify.sock").string();
-  const int sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  ASSERT_GE(sock, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, sock_path.c_str(), sizeof(addr.sun_path) - 1);
-  ASSERT_EQ(bind(sock, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0) << strerror(errno);
-  timeval tv{0, 50 * 1000};
-  setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  NotifyListener notify((dir_ / "notify.sock").string());
+  ASSERT_EQ(notify.error(), "");
+  const std::string& sock_path = notify.path();
 
   const pid_t pid = fork();
   if (pid == 0) {
@@ -442,17 +483,8 @@ TEST_F(MountOpsTest, ForegroundDaemonTellsSystemdOnceMounted) {
   }
   ASSERT_GT(pid, 0);
   daemons_[m] = pid;
-  std::string message;
   bool mounted_when_told = false;
-  for (int i = 0; i < 400 && message.empty(); ++i) {
-    char buf[256];
-    const ssize_t n = recv(sock, buf, sizeof buf, 0);
-    if (n > 0) {
-      message.assign(buf, static_cast<size_t>(n));
-      mounted_when_told = mount_info(m).mounted;
-    }
-  }
-  close(sock);
+  const std::string message = notify.receive([&] { mounted_when_told = mount_info(m).mounted; });
   EXPECT_EQ(message, "READY=1");
   EXPECT_TRUE(mounted_when_told);
   umount_and_wait(m);
@@ -551,25 +583,13 @@ TEST_F(MountOpsTest, SystemdUnitCommandsMountAndStopCleanly) {
   ASSERT_EQ(unit.run("ExecStartPre"), 0);
   ASSERT_TRUE(stdfs::is_directory(m));
 
-  const std::string sock_path = (dir_ / "notify.sock").string();
-  const int sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  ASSERT_GE(sock, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, sock_path.c_str(), sizeof(addr.sun_path) - 1);
-  ASSERT_EQ(bind(sock, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0) << strerror(errno);
-  timeval tv{0, 50 * 1000};
-  setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  NotifyListener notify((dir_ / "notify.sock").string());
+  ASSERT_EQ(notify.error(), "");
+  const std::string& sock_path = notify.path();
   const pid_t main_pid = unit.spawn("ExecStart", {{"NOTIFY_SOCKET", sock_path}});
   ASSERT_GT(main_pid, 0);
   daemons_[m] = main_pid;  // until ExecStop: TearDown unmounts and waits if we fail before
-  std::string message;
-  for (int i = 0; i < 400 && message.empty(); ++i) {
-    char buf[256];
-    const ssize_t n = recv(sock, buf, sizeof buf, 0);
-    if (n > 0) message.assign(buf, static_cast<size_t>(n));
-  }
-  close(sock);
+  const std::string message = notify.receive();
   ASSERT_EQ(message, "READY=1");
   ASSERT_TRUE(mount_info(m).mounted);
   EXPECT_NE(mount_info(m).options.find("noatime"), std::string::npos);

@@ -54,18 +54,8 @@ std::string describe(const char* b, size_t n) {
   return out;
 }
 
-class ClusterFsTest : public ::testing::Test {
+class ClusterFsTest : public testing::MountedClusterTest {
  protected:
-  void SetUp() override {
-    c_ = std::make_unique<MountedCluster>(3);
-    ASSERT_TRUE(c_->mount_all());
-  }
-  void TearDown() override {
-    if (c_) {
-      EXPECT_EQ(c_->unmount_all(), 0);
-    }
-    c_.reset();
-  }
   std::string p(int node, const std::string& rel) const { return c_->path(node, rel); }
   static struct stat stat_of(const std::string& path) {
     struct stat st {};
@@ -79,8 +69,6 @@ class ClusterFsTest : public ::testing::Test {
     }
     return out;
   }
-
-  std::unique_ptr<MountedCluster> c_;
 };
 
 TEST_F(ClusterFsTest, WhatOneNodeChangesTheNextCallOnAnotherSees) {

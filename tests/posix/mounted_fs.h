@@ -417,4 +417,22 @@ class MountedCluster {
   std::vector<std::unique_ptr<FuseDaemon>> daemons_;
 };
 
+// A test with three nodes of one cluster mounted; at its end every node is unmounted and
+// fsck.sharedfs -n must find the image clean.
+class MountedClusterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    c_ = std::make_unique<MountedCluster>(3);
+    ASSERT_TRUE(c_->mount_all());
+  }
+  void TearDown() override {
+    if (c_) {
+      EXPECT_EQ(c_->unmount_all(), 0);
+    }
+    c_.reset();
+  }
+
+  std::unique_ptr<MountedCluster> c_;
+};
+
 }  // namespace sharedfs::testing

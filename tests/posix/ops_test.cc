@@ -26,18 +26,8 @@ using json = nlohmann::json;
 using testing::MountedCluster;
 using Clock = std::chrono::steady_clock;
 
-class OpsTest : public ::testing::Test {
+class OpsTest : public testing::MountedClusterTest {
  protected:
-  void SetUp() override {
-    c_ = std::make_unique<MountedCluster>(3);
-    ASSERT_TRUE(c_->mount_all());
-  }
-  void TearDown() override {
-    if (c_) {
-      EXPECT_EQ(c_->unmount_all(), 0);
-    }
-    c_.reset();
-  }
   // Runs `sharedfs ARGS` and parses its output as one JSON document.
   json cli_json(const std::string& args) {
     auto r = c_->cli(args);
@@ -46,8 +36,6 @@ class OpsTest : public ::testing::Test {
     EXPECT_FALSE(j.is_discarded()) << args << " printed no JSON: " << r.out;
     return j;
   }
-
-  std::unique_ptr<MountedCluster> c_;
 };
 
 TEST_F(OpsTest, StatusShowsEveryNodeAndWhatItsDaemonSays) {
