@@ -167,6 +167,10 @@ bool is_nvme_path(const std::string& path) {
   return (ec ? path : real.string()).starts_with("/dev/nvme");
 }
 
+HostId node_host_id(const std::string& path, uint64_t cluster_id, uint32_t node) {
+  return is_nvme_path(path) ? HostId{} : HostId::for_node(cluster_id, node);
+}
+
 Result<OpenDevice> open_device(const std::string& path, const HostId& host, bool read_only) {
   if (is_nvme_path(path)) {
     NvmeOpenOptions opts{.read_only = read_only};

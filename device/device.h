@@ -236,6 +236,11 @@ Result<OpenDevice> open_device(const std::string& path, const HostId& host, bool
 // file emulation (reservations within one host only) for anything else.
 bool is_nvme_path(const std::string& path);
 
+// The Host ID node `node` of cluster `cluster_id` acts as on `path`, for open_device(): an
+// NVMe namespace speaks with its controller's own Host ID (zero here: whatever it is), the
+// emulation, which has no host identity, with the node's derived one (HostId::for_node).
+HostId node_host_id(const std::string& path, uint64_t cluster_id, uint32_t node);
+
 // ---------------------------------------------------------------------------------------
 // Fault injection for tests.
 

@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "device/device.h"
+#include "tools/command_error.h"
 #include "tools/debug_inspect.h"
 
 namespace sharedfs::tools {
@@ -186,8 +187,7 @@ int run(const DebugArgs& args, const std::function<Result<Json>(device::BlockDev
         void (*print)(const Json&)) {
   auto report = [&](const Status& st) {
     if (args.json) fmt::print("{}\n", Json{{"error", st.to_string()}}.dump());
-    fmt::print(stderr, "sharedfs: {}\n", st.to_string());
-    return 1;
+    return fail(st);
   };
   // Read-only: safe while other hosts have the device mounted, and no reservation needed.
   auto dev = device::open_device(args.device, {}, /*read_only=*/true);

@@ -367,13 +367,10 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
       }
     }
   }
-  // An NVMe namespace speaks for this host with its controller's own Host ID (any distinct,
-  // stable one: docs/device-nvme.md); the image-file emulation has no host of its own and
-  // acts as the node's derived one. The node's reservation key is the same either way.
-  const device::HostId host = device::is_nvme_path(args.device)
-                                  ? device::HostId{}
-                                  : device::HostId::for_node(sb.cluster_id, args.node);
-  auto dev = device::open_device(args.device, host, /*read_only=*/false);
+  // The node's reservation key is the same whichever Host ID speaks for it.
+  auto dev = device::open_device(args.device,
+                                 device::node_host_id(args.device, sb.cluster_id, args.node),
+                                 /*read_only=*/false);
   if (!dev) {
     report(fmt::format("sharedfs: {}\n", dev.status().to_string()));
     return 1;

@@ -12,17 +12,13 @@
 #include <vector>
 
 #include "cluster/cluster_config.h"
+#include "tools/command_error.h"
 #include "tools/control_socket.h"
 
 namespace sharedfs::tools {
 namespace {
 
 using json = nlohmann::json;
-
-int fail(const Status& st) {
-  fmt::print(stderr, "sharedfs: {}\n", st.to_string());
-  return 1;
-}
 
 // Asks the cluster `target` names (every node, through a daemon of this host).
 Result<json> ask_cluster(const OpsTarget& target, json question) {

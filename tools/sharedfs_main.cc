@@ -7,6 +7,7 @@
 
 #include "device/device.h"
 #include "fs/fs.h"
+#include "tools/command_error.h"
 #include "tools/debug_command.h"
 #include "tools/mount_command.h"
 #include "tools/mount_helper.h"
@@ -14,13 +15,9 @@
 #include "tools/status_command.h"
 
 using namespace sharedfs;
+using tools::fail;
 
 namespace {
-
-int fail(const Status& st) {
-  fmt::print(stderr, "sharedfs: {}\n", st.to_string());
-  return 1;
-}
 
 int reservation_report(device::Reservations& resv) {
   auto r = resv.report();
@@ -160,7 +157,7 @@ int main(int argc, char** argv) {
       if (!h) return make_status(Code::kInvalidArgument, "bad host id {}", host_hex);
       return *h;
     }
-    if (node != 0 || cluster_id != 0) return device::HostId::for_node(cluster_id, node);
+    if (node != 0 || cluster_id != 0) return device::node_host_id(dev_path, cluster_id, node);
     return device::HostId{};
   };
   auto run = [&](const std::function<Status(device::Reservations&)>& cmd) {

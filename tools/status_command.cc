@@ -15,6 +15,7 @@
 #include "cluster/failure_manager.h"
 #include "device/device.h"
 #include "fs/fs.h"
+#include "tools/command_error.h"
 #include "tools/control_socket.h"
 #include "tools/fstab.h"
 
@@ -27,11 +28,6 @@ std::string node_state_path(uint64_t cluster_id, uint32_t node) {
 }
 
 namespace {
-
-int fail(const Status& st) {
-  fmt::print(stderr, "sharedfs: {}\n", st.to_string());
-  return 1;
-}
 
 // The device of a mounted sharedfs (type fuse.sharedfs in /proc/mounts) of this cluster.
 std::string find_mounted_device(uint64_t cluster_id) {

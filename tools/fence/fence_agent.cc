@@ -199,21 +199,19 @@ Result<std::optional<uint32_t>> local_node(const Context& ctx) {
   return std::optional<uint32_t>();
 }
 
-bool is_nvme(const std::string& path) { return device::is_nvme_path(path); }
-
 // Opens `path` to issue reservation commands as this host. An NVMe namespace speaks for the
 // controller's Host ID; the emulated reservations of an image file need to be told which
 // node's host we are.
 Result<device::OpenDevice> open_as_host(const Context& ctx, const std::string& path,
                                         std::optional<uint32_t> node) {
-  if (is_nvme(path)) return device::open_device(path, {}, /*read_only=*/false);
+  if (device::is_nvme_path(path)) return device::open_device(path, {}, /*read_only=*/false);
   if (!node || !ctx.config) {
     return usage_error(fmt::format(
         "Failed: {} has emulated reservations (it is not an NVMe namespace), where the agent acts "
         "as a node's emulated host: give config= and local_node= (the node it runs on)",
         path));
   }
-  return device::open_device(path, device::HostId::for_node(ctx.config->id, *node),
+  return device::open_device(path, device::node_host_id(path, ctx.config->id, *node),
                              /*read_only=*/false);
 }
 
