@@ -14,10 +14,9 @@ using journal::BufferRef;
 using journal::Handle;
 
 struct Allocator::AgState {
-  // Stand-in for the AG's DLM lock (EX to change the AG). It is held across the whole
-  // read-modify-dirty of the AG's header and bitmap blocks, and never together with
-  // another AG's. With the DLM, the lock value block will carry free_blocks (and
-  // inode_count) so a node learns an AG's count without reading its header.
+  // Orders this node's threads in the AG (other nodes are kept out by the AG's cluster
+  // lock, taken by the file system). Held across the whole read-modify-dirty of the AG's
+  // header and bitmap blocks, and never together with another AG's.
   std::mutex mu;
   // Equal to the AG header's free_blocks / inode_count. Written only under `mu` (refreshed
   // from the header at every locked visit); read without it as a hint for choosing AGs
@@ -452,6 +451,42 @@ std::vector<uint32_t> Allocator::pick_ags(uint64_t blocks) {
   if (out.empty()) return {current};  // full: the allocation will say so
   current_ag_ = out.front();
   return out;
+}
+
+AgCounts Allocator::counts(uint32_t ag) const {
+  SHAREDFS_CHECK(ag < geo_.ag_count, "AG index out of range");
+  return AgCounts{ags_[ag].free_blocks.load(), ags_[ag].inodes.load()};
+}
+
+namespace {
+constexpr uint32_t kAgValueMagic = 0x47414653;  // "SFAG" little-endian
+
+void put_le(AgValueBlock& b, size_t at, uint64_t v, size_t n) {
+  for (size_t i = 0; i < n; ++i) b[at + i] = static_cast<uint8_t>(v >> (8 * i));
+}
+uint64_t get_le(const AgValueBlock& b, size_t at, size_t n) {
+  uint64_t v = 0;
+  for (size_t i = n; i-- > 0;) v = (v << 8) | b[at + i];
+  return v;
+}
+}  // namespace
+
+AgValueBlock encode_ag_counts(uint32_t fs_tag, uint32_t ag, const AgCounts& counts) {
+  AgValueBlock b{};
+  put_le(b, 0, kAgValueMagic, 4);
+  put_le(b, 4, ag, 4);
+  put_le(b, 8, counts.free_blocks, 8);
+  put_le(b, 16, counts.inodes, 8);
+  put_le(b, 24, fs_tag, 4);
+  return b;
+}
+
+std::optional<AgCounts> decode_ag_counts(uint32_t fs_tag, uint32_t ag, const AgValueBlock& b) {
+  if (get_le(b, 0, 4) != kAgValueMagic || get_le(b, 4, 4) != ag || get_le(b, 24, 4) != fs_tag ||
+      get_le(b, 28, 4) != 0) {
+    return std::nullopt;
+  }
+  return AgCounts{get_le(b, 8, 8), get_le(b, 16, 8)};
 }
 
 void Allocator::note_counts(uint32_t ag, uint64_t free_blocks, uint64_t inodes) {

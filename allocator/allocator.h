@@ -21,6 +21,7 @@
 // it; it keeps a copy of the superblock.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -49,6 +50,22 @@ struct Usage {
   uint64_t free_blocks = 0;
   uint64_t inodes = 0;
 };
+
+// An AG's counts as they travel in its cluster lock's value block (docs/allocator.md): the
+// holder writes them when it gives the lock up; the next holder takes them as its counts
+// for the AG, and skips an AG too full for its need without reading the AG's header.
+struct AgCounts {
+  uint64_t free_blocks = 0;
+  uint64_t inodes = 0;
+  bool operator==(const AgCounts&) const = default;
+};
+using AgValueBlock = std::array<uint8_t, 32>;
+// Layout (little-endian): magic "SFAG" u32, AG index u32, free_blocks u64, inodes u64,
+// the fs tag u32 (the file system it belongs to), 4 bytes zero.
+AgValueBlock encode_ag_counts(uint32_t fs_tag, uint32_t ag, const AgCounts& counts);
+// nullopt for bytes that are not AG `ag`'s counts of this file system (another layout, or
+// never written).
+std::optional<AgCounts> decode_ag_counts(uint32_t fs_tag, uint32_t ag, const AgValueBlock& bytes);
 
 class Allocator {
  public:
@@ -111,6 +128,9 @@ class Allocator {
   // Counts of an AG this node does not hold, read from its header on the device by the
   // caller: statfs and AG choice see the other nodes' allocations.
   void note_counts(uint32_t ag, uint64_t free_blocks, uint64_t inodes);
+  // The in-memory counts of AG `ag`: exact while this node holds the AG and no change is
+  // in flight in it, a hint otherwise.
+  AgCounts counts(uint32_t ag) const;
 
  private:
   struct AgState;

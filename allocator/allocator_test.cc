@@ -702,5 +702,19 @@ TEST_F(AllocatorTest, SequentialFileIsContiguous) {
   close_and_fsck();
 }
 
+// The counts an AG lock's value block carries come back as written, and only for the AG
+// and file system they were written for.
+TEST(AgValueBlock, CountsRoundTripForTheirOwnAgAndFileSystemOnly) {
+  const AgCounts c{.free_blocks = 0x0123456789ABCDEFull, .inodes = 4242};
+  const AgValueBlock b = encode_ag_counts(0xFEEDBEEF, 7, c);
+  EXPECT_EQ(decode_ag_counts(0xFEEDBEEF, 7, b), c);
+  EXPECT_EQ(decode_ag_counts(0xFEEDBEEF, 8, b), std::nullopt) << "another AG";
+  EXPECT_EQ(decode_ag_counts(0xFEEDBEEE, 7, b), std::nullopt) << "another file system";
+  EXPECT_EQ(decode_ag_counts(0xFEEDBEEF, 7, AgValueBlock{}), std::nullopt) << "never written";
+  AgValueBlock tail = b;
+  tail[31] = 1;
+  EXPECT_EQ(decode_ag_counts(0xFEEDBEEF, 7, tail), std::nullopt) << "reserved bytes set";
+}
+
 }  // namespace
 }  // namespace sharedfs::allocator

@@ -26,9 +26,11 @@ void ClusterLockService::withdraw() {
 }
 
 Result<std::unique_ptr<ClusterLockService>> ClusterLockService::start(DlmNodeOptions options,
-                                                                      FlushHook flush) {
+                                                                      FlushHook flush,
+                                                                      ValueHook value) {
   std::unique_ptr<ClusterLockService> svc(new ClusterLockService());
   svc->flush_ = std::move(flush);
+  svc->value_ = std::move(value);
   svc->flusher_ = std::thread([s = svc.get()] { s->flusher(); });
   ClusterLockService* self = svc.get();
   auto node = DlmNode::start(
@@ -37,8 +39,20 @@ Result<std::unique_ptr<ClusterLockService>> ClusterLockService::start(DlmNodeOpt
         // On the driver thread: hand the flush over, come back through post().
         std::lock_guard lock(self->mu_);
         self->flushes_.push_back([self, name, new_mode, done = std::move(done)] {
-          if (self->flush_) self->flush_(lock_name_of(name), new_mode);
-          self->node_->post([done](LockManager&, LockCache&) { done(); });
+          const LockName lock_name = lock_name_of(name);
+          if (self->flush_) self->flush_(lock_name, new_mode);
+          std::optional<ValueBlockBytes> bytes;
+          if (self->value_) bytes = self->value_(lock_name);
+          self->node_->post([name, bytes, done](LockManager& m, LockCache& cache) {
+            // Only an EX holder writes back; the LockCache converts down after done().
+            const auto id = cache.lock_id(name);
+            if (bytes && id && m.granted_mode(*id) == LockMode::kEX) {
+              if (auto st = m.set_value_block(*id, *bytes); !st) {
+                spdlog::error("value block of {}: {}", name.to_string(), st.to_string());
+              }
+            }
+            done();
+          });
         });
         self->flush_cv_.notify_one();
       },
@@ -182,14 +196,21 @@ Result<Lock> ClusterLockService::lock_waiting(LockName name, LockMode mode) {
     l.unlock();
     // Shared with the completion: a withdrawn node stops waiting before the DLM answers.
     auto granted = std::make_shared<std::promise<Status>>();
-    node_->post([this, r, mode, granted](LockManager&, LockCache& cache) {
-      cache.acquire(r, mode, [this, r, mode, granted](const Status& s) {
+    node_->post([this, r, mode, granted](LockManager& m, LockCache& cache) {
+      cache.acquire(r, mode, [this, r, mode, granted, &m, &cache](const Status& s) {
         if (s.is_ok()) {
+          // The value block as granted: read here, on the driver thread, so that the
+          // fast path never needs the driver for it.
+          std::optional<ValueBlockBytes> value;
+          if (const auto id = cache.lock_id(r)) {
+            if (auto lvb = m.value_block(*id); lvb && lvb->valid) value = lvb->bytes;
+          }
           std::lock_guard g(mu_);
           Entry& en = entries_[r];
           ++en.cache_users;
           ++en.local_users;
           en.mode = std::max(en.mode, mode);
+          en.value = value;
         }
         granted->set_value(s);
       });
@@ -215,6 +236,14 @@ Result<Lock> ClusterLockService::lock_waiting(LockName name, LockMode mode) {
     ++e.readers;
   }
   return make_lock(name, mode);
+}
+
+std::optional<ValueBlockBytes> ClusterLockService::value_block(const Lock& lock) const {
+  std::lock_guard l(mu_);
+  auto it = entries_.find(ResourceName::from(lock.name()));
+  SHAREDFS_CHECK(lock.held() && it != entries_.end() && it->second.local_users > 0,
+                 "value block of a cluster lock not held");
+  return it->second.value;
 }
 
 int ClusterLockService::users_to_release(Entry& e) {

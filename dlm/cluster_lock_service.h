@@ -43,12 +43,18 @@ class ClusterLockService final : public LockService {
   // Before the node's lock on `name` goes down to `new_mode`: commit the journal, write
   // back and drop what the lock covers, invalidate the kernel's caches.
   using FlushHook = std::function<void(const LockName& name, LockMode new_mode)>;
+  // Right after the flush hook, when the node gives up EX on `name`: the value block to
+  // write back with it (nullopt: the one it was granted with, unchanged). The flush hook
+  // has run, so nothing of this node changes what the value describes any more.
+  using ValueHook = std::function<std::optional<ValueBlockBytes>(const LockName& name)>;
 
-  static Result<std::unique_ptr<ClusterLockService>> start(DlmNodeOptions options, FlushHook flush);
+  static Result<std::unique_ptr<ClusterLockService>> start(DlmNodeOptions options, FlushHook flush,
+                                                           ValueHook value = {});
   ~ClusterLockService() override;
 
   Result<Lock> lock(LockName name, LockMode mode) override;
   Result<Lock> try_lock(LockName name, LockMode mode) override;
+  std::optional<ValueBlockBytes> value_block(const Lock& lock) const override;
   DlmNode& node() { return *node_; }
   // After the file system let go of every lock: waits for this node's uncached lock
   // requests still in flight (they are answered only while we are a member), then leaves
@@ -79,6 +85,8 @@ class ClusterLockService final : public LockService {
     int readers = 0;
     bool writer = false;
     int writers_waiting = 0;
+    // The value block read at the node's last grant; nullopt when invalid.
+    std::optional<ValueBlockBytes> value;
   };
 
   // An uncached lock (LockSpace::kOpen): this node's threads share a PR (holders counts
@@ -105,6 +113,7 @@ class ClusterLockService final : public LockService {
   void flusher();
 
   FlushHook flush_;
+  ValueHook value_;
   std::unique_ptr<DlmNode> node_;
   std::unique_ptr<NodeLockGate> uncached_gate_;  // over node_; destroyed before it
 

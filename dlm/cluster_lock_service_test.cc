@@ -70,6 +70,39 @@ TEST(ClusterLockService, AnotherNodeGetsTheLockAfterOurUsersAndTheFlush) {
   EXPECT_TRUE(ours.load());
 }
 
+// The value hook's bytes go back with the EX lock and reach the next holder's grant; a
+// lock nobody wrote a value for has none; a PR holder giving up writes nothing back.
+TEST(ClusterLockService, TheValueHooksBytesReachTheNextHolder) {
+  ValueBlockBytes written{};
+  for (size_t i = 0; i < written.size(); ++i) written[i] = static_cast<uint8_t>(i * 7 + 1);
+  std::atomic<int> asked{0};
+  auto svc = testing::start_two_lock_services(
+      [](int) -> ClusterLockService::FlushHook { return [](const LockName&, LockMode) {}; },
+      [&](int) -> ClusterLockService::ValueHook {
+        return [&](const LockName&) -> std::optional<ValueBlockBytes> {
+          ++asked;
+          return written;
+        };
+      });
+  ASSERT_NE(svc[1], nullptr);
+  const LockName name{LockSpace::kAllocGroup, 3};
+  {
+    auto l = svc[0]->lock(name, LockMode::kEX);
+    ASSERT_OK(l);
+    EXPECT_EQ(svc[0]->value_block(*l), std::nullopt) << "nobody wrote one yet";
+  }
+  {
+    auto l = svc[1]->lock(name, LockMode::kEX);  // node 0 gives it up, writing the value
+    ASSERT_OK(l);
+    EXPECT_EQ(svc[1]->value_block(*l), written);
+    EXPECT_GE(asked.load(), 1);
+  }
+  written[0] = 0xEE;  // node 1 gives up EX to a PR reader: the new bytes go with it
+  auto r0 = svc[0]->lock(name, LockMode::kPR);
+  ASSERT_OK(r0);
+  EXPECT_EQ(svc[0]->value_block(*r0), written);
+}
+
 TEST(ClusterLockService, ThreadsOfOneNodeExcludeEachOther) {
   TwoNodes c;
   const LockName name{LockSpace::kInode, 11};

@@ -14,9 +14,11 @@
 // guard; destroying it releases the lock.
 #pragma once
 
+#include <array>
 #include <compare>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "common/status.h"
@@ -55,6 +57,10 @@ struct LockName {
 
 class LockService;
 
+// The bytes of a lock's value block (dlm::kLvbSize; dlm/resource_name.h): a few bytes
+// that travel with a cached lock from node to node, such as an allocation group's counts.
+using ValueBlockBytes = std::array<uint8_t, 32>;
+
 class Lock {
  public:
   Lock() = default;
@@ -89,6 +95,15 @@ class LockService {
   // spaces that are never cached (kOpen): a cached lock is "held" by a node that merely
   // used it once, so an answer would mean nothing.
   virtual Result<Lock> try_lock(LockName name, LockMode mode) = 0;
+  // The value block of a lock the caller holds, as the DLM handed it to this node with the
+  // grant; nullopt when nobody vouches for it (never written, or the last EX holder died
+  // before writing it back): the caller rebuilds what it caches from the device. Writing
+  // it back is the cluster service's value hook (cluster_lock_service.h). Locks of one
+  // process carry no values: nothing needs to travel, so this is always nullopt there.
+  virtual std::optional<ValueBlockBytes> value_block(const Lock& lock) const {
+    (void)lock;
+    return std::nullopt;
+  }
 
  protected:
   Lock make_lock(LockName name, LockMode mode) { return Lock(this, name, mode); }

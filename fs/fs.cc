@@ -402,12 +402,25 @@ Result<FileSystem::Change> FileSystem::begin_change(uint64_t alloc_blocks,
   std::vector<dlm::Lock> locks;
   std::unique_ptr<AgGate> gate;
   if (opts_.ag_locks) {
-    std::set<uint32_t> ags = frees;
-    for (uint32_t ag : alloc_->pick_ags(alloc_blocks)) ags.insert(ag);
-    for (uint32_t ag : ags) {
-      ASSIGN_OR_RETURN(auto lock, locks_->lock({dlm::LockSpace::kAllocGroup, ag}, dlm::LockMode::kEX));
-      locks.push_back(std::move(lock));
-      note_ag_held(ag, true);
+    std::set<uint32_t> ags;
+    // The AGs are chosen by this node's counts, which for an AG another node held may be
+    // old; its lock brings the current ones. When they show the chosen AGs too full for
+    // the change, choose again with them (a few times at most: after that the allocator
+    // says kNoSpace, or the caller commits and retries, as without a cluster).
+    for (int attempt = 0;; ++attempt) {
+      ags = frees;
+      const std::vector<uint32_t> picked = alloc_->pick_ags(alloc_blocks);
+      ags.insert(picked.begin(), picked.end());
+      locks.clear();
+      bool fresher_counts = false;
+      for (uint32_t ag : ags) {
+        ASSIGN_OR_RETURN(auto lock, locks_->lock({dlm::LockSpace::kAllocGroup, ag}, dlm::LockMode::kEX));
+        if (!note_ag_held(ag, true)) fresher_counts |= take_counts_from_value_block(lock, ag);
+        locks.push_back(std::move(lock));
+      }
+      uint64_t room = 0;
+      for (uint32_t ag : picked) room += alloc_->counts(ag).free_blocks;
+      if (!fresher_counts || room >= alloc_blocks || attempt == 3) break;
     }
     gate = std::make_unique<AgGate>(std::vector<uint32_t>(ags.begin(), ags.end()));
   }
@@ -445,9 +458,35 @@ Result<std::set<uint32_t>> FileSystem::ags_to_free(InodeRef& ref, uint64_t first
   return ags;
 }
 
-void FileSystem::note_ag_held(uint32_t ag, bool held) {
+bool FileSystem::note_ag_held(uint32_t ag, bool held) {
   std::lock_guard lock(ags_held_mu_);
-  if (ag < ags_held_.size()) ags_held_[ag] = held;
+  SHAREDFS_CHECK(ag < ags_held_.size(), "AG index out of range");
+  const bool before = ags_held_[ag];
+  ags_held_[ag] = held;
+  return before;
+}
+
+bool FileSystem::take_counts_from_value_block(const dlm::Lock& lock, uint32_t ag) {
+  const auto bytes = locks_->value_block(lock);
+  if (!bytes) return false;  // never written, or its last holder died: the header tells
+  const auto counts = allocator::decode_ag_counts(tag_, ag, *bytes);
+  if (!counts) {
+    spdlog::warn("AG {}: its lock's value block holds no counts of this file system; "
+                 "reading the AG header instead", ag);
+    return false;
+  }
+  alloc_->note_counts(ag, counts->free_blocks, counts->inodes);
+  ++ag_counts_from_value_blocks_;
+  return true;
+}
+
+std::optional<dlm::ValueBlockBytes> FileSystem::value_block_for_lock(const dlm::LockName& name) const {
+  if (!opts_.ag_locks || name.space != dlm::LockSpace::kAllocGroup) return std::nullopt;
+  const auto ag = static_cast<uint32_t>(name.id);
+  if (ag >= alloc_->ag_count()) return std::nullopt;
+  // The flush committed and nothing of this node changes the AG until it has the lock
+  // again, so the counts are the header's.
+  return allocator::encode_ag_counts(tag_, ag, alloc_->counts(ag));
 }
 
 // The counts of the AGs another node may be changing come from their headers on the
@@ -550,6 +589,12 @@ Status LockFlushTarget::flush(const dlm::LockName& name, dlm::LockMode new_mode)
   std::lock_guard lock(mu_);
   if (fs_ == nullptr) return Status::ok();  // nothing mounted: nothing cached
   return fs_->flush_for_lock(name, new_mode);
+}
+
+std::optional<dlm::ValueBlockBytes> LockFlushTarget::value_block(const dlm::LockName& name) {
+  std::lock_guard lock(mu_);
+  if (fs_ == nullptr) return std::nullopt;
+  return fs_->value_block_for_lock(name);
 }
 
 Result<FileSystem::InodeRef> FileSystem::load(Ino ino) {

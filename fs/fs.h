@@ -94,6 +94,9 @@ struct MountOptions {
 class LockFlushTarget {
  public:
   Status flush(const dlm::LockName& name, dlm::LockMode new_mode);
+  // The cluster service's value hook: FileSystem::value_block_for_lock, nullopt while none
+  // is attached.
+  std::optional<dlm::ValueBlockBytes> value_block(const dlm::LockName& name);
 
  private:
   friend class FileSystem;
@@ -230,6 +233,12 @@ class FileSystem {
   uint64_t lock_flushes() const { return lock_flushes_.load(); }
   // Of which AG locks (ag_locks): how often another node took one of ours.
   uint64_t ag_lock_flushes() const { return ag_lock_flushes_.load(); }
+  // How often an AG's counts came with its lock (the value block), not from its header.
+  uint64_t ag_counts_from_value_blocks() const { return ag_counts_from_value_blocks_.load(); }
+  // When this node gives up EX on `name`, after flush_for_lock: what the lock's value block
+  // carries to the next holder. An AG lock carries the AG's counts (docs/allocator.md);
+  // other locks carry nothing (nullopt).
+  std::optional<dlm::ValueBlockBytes> value_block_for_lock(const dlm::LockName& name) const;
 
   // --- failure (docs/failure.md) ------------------------------------------------------
   // This node was fenced: nothing more is written (the device under it refuses anyway),
@@ -298,7 +307,11 @@ class FileSystem {
   // ag_locks: the AGs this node holds (took since it last gave them up), whose in-memory
   // counts are its own; the others' are refreshed from their headers in the background,
   // each heartbeat for a minute after statfs was asked (one read per AG).
-  void note_ag_held(uint32_t ag, bool held);
+  // Returns whether the node held it before.
+  bool note_ag_held(uint32_t ag, bool held);
+  // A fresh grant of AG `ag`'s lock: takes the counts its value block carries. Returns
+  // whether it carried any.
+  bool take_counts_from_value_block(const dlm::Lock& lock, uint32_t ag);
   void refresh_foreign_ag_counts();
   Attr make_attr(Ino ino, const format::Inode& inode) const;
   Result<Attr> create_node(Ino parent, std::string_view name, uint32_t mode, uint32_t rdev,
@@ -375,6 +388,7 @@ class FileSystem {
   std::atomic<bool> withdrawn_{false};
   std::atomic<uint64_t> lock_flushes_{0};
   std::atomic<uint64_t> ag_lock_flushes_{0};
+  std::atomic<uint64_t> ag_counts_from_value_blocks_{0};
   // When statfs was last asked (steady_clock ticks): the other nodes' AG counts are
   // refreshed each heartbeat for this long after it (refresh_foreign_ag_counts).
   static constexpr std::chrono::seconds kStatfsInterest{60};

@@ -46,6 +46,8 @@ class TwoNodeTest : public testing::ImageTest {
         auto st = target->flush(name, mode);
         if (!st) ADD_FAILURE() << "flush of " << name.to_string() << ": " << st.to_string();
       };
+    }, [this](int i) -> dlm::ClusterLockService::ValueHook {
+      return [target = node_[i].target](const dlm::LockName& name) { return target->value_block(name); };
     });
     for (int i = 0; i < 2; ++i) {
       ASSERT_NE(services[i], nullptr);
@@ -219,6 +221,48 @@ TEST_F(TwoNodeTest, EachNodeAllocatesInItsOwnAllocationGroups) {
   }
   a().forget(da->ino, 1);
   b().forget(db->ino, 1);
+}
+
+// An AG's lock carries the AG's counts from holder to holder (docs/allocator.md): B takes
+// the lock of the AG A allocated in and reads A's counts from the value block, equal to the
+// AG header A wrote home; B's file system then takes them as its counts for the AG.
+TEST_F(TwoNodeTest, AnAgLockCarriesItsCountsToTheNextHolder) {
+  auto sb = read_superblock(*dev_);
+  ASSERT_OK(sb);
+  const Ino root = a().root();
+  auto f = a().mknod(root, "big", S_IFREG | 0644, 0, caller_);
+  ASSERT_OK(f);
+  ASSERT_OK(a().write(f->ino, 0, std::vector<std::byte>(4 << 20)));
+  a().forget(f->ino, 1);
+  const auto ag = sb->geo.ag_of(f->ino);
+  ASSERT_TRUE(ag.has_value());
+  const dlm::LockName name{dlm::LockSpace::kAllocGroup, *ag};
+  {
+    auto lock = node_[1].locks->lock(name, dlm::LockMode::kEX);  // A flushes and gives it up
+    ASSERT_OK(lock);
+    const auto bytes = node_[1].locks->value_block(*lock);
+    ASSERT_TRUE(bytes.has_value()) << "A wrote no value block for " << name.to_string();
+    const auto counts = allocator::decode_ag_counts(sb->fs_tag(), *ag, *bytes);
+    ASSERT_TRUE(counts.has_value());
+    // A committed and checkpointed before giving the lock up: its header is home.
+    device::AlignedBuffer buf(sb->geo.block_size);
+    const uint64_t blkno = sb->geo.ag_header_blkno(*ag);
+    ASSERT_OK(dev_->read(blkno * sb->geo.block_size, buf.span()));
+    auto hdr = format::AgHeader::decode(buf.span(), {blkno, sb->fs_tag()});
+    ASSERT_OK(hdr);
+    EXPECT_EQ(counts->free_blocks, hdr->free_blocks);
+    EXPECT_EQ(counts->inodes, hdr->inode_count);
+    EXPECT_LT(hdr->free_blocks + 1024, sb->geo.ag_size(*ag)) << "A's 4 MiB are counted";
+  }
+  // B frees in that AG (at the unlink, or from its orphan list once A lets go of the
+  // inode): the change takes the AG's counts from the lock, not from the header.
+  const uint64_t before = b().ag_counts_from_value_blocks();
+  ASSERT_OK(b().unlink(root, "big"));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (b().ag_counts_from_value_blocks() == before && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_GT(b().ag_counts_from_value_blocks(), before);
 }
 
 // statfs counts what the other node allocated and freed (within a commit interval plus a

@@ -128,7 +128,8 @@ Result<ClusterMembership> join_cluster(const cluster::ClusterConfig& config, uin
                            spdlog::error("flush before giving up {}: {}", name.to_string(),
                                          st.to_string());
                          }
-                       }));
+                       },
+                       [target](const dlm::LockName& name) { return target->value_block(name); }));
   dlm::MembershipAgentOptions m;
   m.self = o.self;
   m.cluster_name = config.name;  // in the agent's state-change lines (docs/logging.md)

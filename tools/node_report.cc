@@ -202,6 +202,7 @@ json stats_of(const DaemonState& st, dlm::LockManager* lm, dlm::LockCache* cache
     j["fs"] = {{"commits", s.commits},
                {"lock_flushes", f->lock_flushes()},
                {"ag_lock_flushes", f->ag_lock_flushes()},
+               {"ag_counts_from_value_blocks", f->ag_counts_from_value_blocks()},
                {"journal_used_blocks", s.journal_used_blocks},
                {"journal_capacity_blocks", s.journal_capacity_blocks}};
     j["journal_commits"] = histogram_sum(f->journal_commit_latency());
