@@ -126,6 +126,8 @@ fi
 # ---------------------------------------------------------------- state and cleanup
 
 WORK=""
+EXT4_MNT=""   # the reference's ext4 mount and loop device, while they exist
+EXT4_LOOP=""
 IMG=""
 CFG=""
 CID=0
@@ -216,6 +218,10 @@ cleanup() {
       tail -n 15 "$f" >&2
     done
   fi
+  if [ -n "$EXT4_MNT" ] && findmnt -rn --mountpoint "$EXT4_MNT" >/dev/null 2>&1; then
+    umount "$EXT4_MNT" 2>/dev/null || { sleep 1; umount "$EXT4_MNT" 2>/dev/null; } || umount -l "$EXT4_MNT"
+  fi
+  [ -z "$EXT4_LOOP" ] || losetup -d "$EXT4_LOOP" || { warn "cannot detach $EXT4_LOOP"; rc=1; }
   sharedfs_remove_workdir "$WORK" || rc=1
   exit "$rc"
 }
@@ -603,6 +609,49 @@ run_append() {
   stop_nodes || FAILED=1
 }
 
+# loop_reads DEV: "READS BYTES" the block device has completed since it was attached.
+loop_reads() { awk '{ printf "%d %.0f\n", $1, $3 * 512 }' "/sys/block/${1#/dev/}/stat"; }
+
+# The reference of the read rows: kernel ext4 on a loop device (direct I/O, so the loop
+# device sees every read the page cache misses) holding the same dataset, read by three
+# readers through one mount (one kernel, one page cache) in the same two epochs. Its
+# epoch-2 device reads are what this host takes back from any page cache between two
+# epochs (memory reclaim by the host: DAMON, a balloon), beside sharedfs's.
+run_read_ext4() {
+  local r e files bytes secs b0 b1 reads0 reads1 img="$WORK/ext4.img"
+  truncate -s "$((DATA_MIB * 2 + 512))M" "$img" &&
+    EXT4_LOOP="$(losetup --find --show --direct-io=on "$img")" &&
+    mkfs.ext4 -F -q -E lazy_itable_init=0,lazy_journal_init=0 "$EXT4_LOOP" >>"$WORK/logs/mkfs.log" 2>&1 &&
+    mkdir -p "$WORK/ext4" && mount "$EXT4_LOOP" "$WORK/ext4" && EXT4_MNT="$WORK/ext4" &&
+    mkdir "$EXT4_MNT/data" &&
+    helper $((60 + DATA_MIB / 5)) mkdata "$EXT4_MNT/data" "$NLARGE" "$LARGE_BYTES" "$NSMALL" "$SMALL_MIN" "$SMALL_MAX" || {
+    failed_row kread1 "ext4 on a loop device could not be set up (log: $WORK/logs/mkfs.log)"
+    failed_row kread2 "ext4 on a loop device could not be set up"
+    return
+  }
+  for ((r = 1; r <= RUNS; r++)); do
+    drop_caches
+    for e in 1 2; do
+      read -r reads0 b0 <<<"$(loop_reads "$EXT4_LOOP")"
+      if helper $((60 + 3 * DATA_MIB / 5)) read "$NLARGE" "$LARGE_BYTES" "$NSMALL" "$SMALL_MIN" "$SMALL_MAX" \
+        "$EXT4_MNT/data" "$EXT4_MNT/data" "$EXT4_MNT/data"; then
+        read -r reads1 b1 <<<"$(loop_reads "$EXT4_LOOP")"
+        read -r files bytes secs <<<"$HOUT"
+        record "kread$e" "$(awk -v b="$bytes" -v s="$secs" 'BEGIN { printf "%.1f", b / 1e6 / s }')"
+        DEVREADS[kread$e]="${DEVREADS[kread$e]:-} $((reads1 - reads0))"
+        DEVMB[kread$e]="${DEVMB[kread$e]:-} $(awk -v b="$((b1 - b0))" 'BEGIN { printf "%.1f", b / 1e6 }')"
+        log "ext4 read epoch $e, run $r/$RUNS: $(awk -v b="$bytes" -v s="$secs" 'BEGIN { printf "%.1f", b / 1e6 / s }') MB/s; $((reads1 - reads0)) device reads ($(awk -v b="$((b1 - b0))" 'BEGIN { printf "%.1f", b / 1e6 }') MB)"
+      else
+        failed_row "kread$e" "ext4 epoch $e of run $r failed (log: $WORK/logs/create_files.log)"
+        [ "$e" -eq 1 ] && { failed_row kread2 "epoch 1 failed"; break; }
+      fi
+    done
+  done
+  umount "$EXT4_MNT" && EXT4_MNT="" || warn "cannot unmount $EXT4_MNT"
+  losetup -d "$EXT4_LOOP" && EXT4_LOOP="" || warn "cannot detach $EXT4_LOOP"
+  rm -f "$img"
+}
+
 log "probing for -o stats_file"
 if probe_stats; then
   log "daemon counters: -o stats_file, dumped on SIGUSR1"
@@ -620,7 +669,9 @@ fi
 if wanted read; then
   log "read: ${DATA_MIB} MiB dataset, every node every file, two epochs, $RUNS run(s)"
   run_read
-  ROWS+=(read1 read2)
+  log "read reference: the same dataset on kernel ext4 (loop device), 3 readers on one mount"
+  run_read_ext4
+  ROWS+=(read1 read2 kread1 kread2)
 fi
 if wanted append; then
   log "append ping-pong: $APPENDS appends of 4 KiB, $RUNS run(s)"
@@ -685,22 +736,25 @@ declare -A LABEL=(
   [create3]="create $(commas "$FILES") empty files per node, 3 nodes at once, own directories"
   [read1]="3 nodes each read the whole $DATASET, epoch 1, after drop_caches"
   [read2]="the same again, epoch 2 (target: no device reads, no lock requests)"
+  [kread1]="reference: kernel ext4 on a loop device, the same dataset read by 3 readers on one mount, epoch 1"
+  [kread2]="reference: the same on ext4, epoch 2 (its device reads: what this host's memory reclaim took back)"
   [ppref]="$(commas "$APPENDS") appends of 4 KiB, two descriptors on node 1 in turn (reference)"
   [pp2]="$(commas "$APPENDS") appends of 4 KiB, node 1 and node 2 in turn (lock ping-pong)"
   [pp2.p50]="latency of one append, node 1 and node 2 in turn, p50 (lower is better)"
   [pp2.p99]="latency of one append, node 1 and node 2 in turn, p99 (lower is better)"
 )
 declare -A UNIT=(
-  [create1]="files/s" [create2]="files/s" [create3]="files/s" [read1]="MB/s" [read2]="MB/s"
+  [create1]="files/s" [create2]="files/s" [create3]="files/s" [read1]="MB/s" [read2]="MB/s" [kread1]="MB/s" [kread2]="MB/s"
   [ppref]="appends/s" [pp2]="appends/s" [pp2.p50]="µs" [pp2.p99]="µs"
 )
 declare -A REF=(
-  [create2]=create1 [create3]=create1 [read2]=read1 [pp2]=ppref [pp2.p50]=ppref.p50 [pp2.p99]=ppref.p99
+  [create2]=create1 [create3]=create1 [read2]=read1 [kread2]=kread1 [pp2]=ppref [pp2.p50]=ppref.p50 [pp2.p99]=ppref.p99
 )
 # Short names for charts (bench/make_report.py); the table keeps the long ones.
 declare -A SHORT=(
   [create1]="create, 1 node" [create2]="create, 2 nodes" [create3]="create, 3 nodes"
-  [read1]="read, epoch 1" [read2]="read, epoch 2" [ppref]="appends, one node"
+  [read1]="read, epoch 1" [read2]="read, epoch 2" [kread1]="ext4 read, epoch 1"
+  [kread2]="ext4 read, epoch 2" [ppref]="appends, one node"
   [pp2]="appends, two nodes" [pp2.p50]="append latency p50" [pp2.p99]="append latency p99"
 )
 
@@ -726,6 +780,7 @@ for row in "${ROWS[@]}"; do
     *)
       msgs="$(fmt_small "$(med SENT "$row")")"
       lr="$(fmt_int "$(med LOCKREQ "$row")")"
+      case "$row" in kread*) msgs="—" lr="—" ;; esac  # no DLM under ext4
       reads="$(fmt_int "$(med DEVREADS "$row")")"
       mb="$(med DEVMB "$row")"
       case "$reads" in fail | n/a | 0) ;; *) reads="$reads ($(fmt_mb "$mb") MB)" ;; esac
@@ -738,8 +793,8 @@ for row in "${ROWS[@]}"; do
   JROWS+="$row"$'\t'"${LABEL[$row]}"$'\t'"${SHORT[$row]}"$'\t'"${UNIT[$row]}"$'\t'"${REF[$row]:-}"
   JROWS+=$'\t'"${RES[$row]:-}"$'\t'"${RES[${REF[$row]:-none}]:-}"$'\t'"$val"$'\t'"$ref"
   for a in SENT LOCKREQ DEVREADS DEVMB; do
-    case "$row" in
-      *.p50 | *.p99) JROWS+=$'\t\t' ;;
+    case "$row:$a" in
+      *.p50:* | *.p99:* | kread*:SENT | kread*:LOCKREQ) JROWS+=$'\t\t' ;;
       *)
         declare -n jarr="$a"
         JROWS+=$'\t'"${jarr[$row]:-}"$'\t'"$(med "$a" "$row")"

@@ -527,8 +527,19 @@ Status FileSystem::flush_for_lock(const dlm::LockName& name, dlm::LockMode new_m
     if (new_mode == dlm::LockMode::kNL) note_ag_held(static_cast<uint32_t>(name.id), false);
   }
   ++lock_flushes_;
-  if (name.space == dlm::LockSpace::kInode) {
-    invalidate_kernel_entries(name.id, /*names=*/new_mode == dlm::LockMode::kNL);
+  // Going to PR, nobody else can change the inode, its names or where it is (a rename
+  // takes the moved directory in EX): what the kernel caches stays right. (Dropping the
+  // directory's dentry there would also prune every unused dentry below it, and with them
+  // the kernel's inodes and pages of files this node goes on reading.)
+  if (name.space == dlm::LockSpace::kInode && new_mode == dlm::LockMode::kNL) {
+    {
+      // Another node may change the inode now: the kernel must ask again. A getattr
+      // answered before this flush but not yet received is discarded by the kernel: its
+      // attr_version is older than the invalidation's.
+      std::lock_guard names(lookups_mu_);
+      if (invalidate_attr_) invalidate_attr_(name.id);
+    }
+    invalidate_kernel_entries(name.id);
   }
   return Status::ok();
 }
@@ -536,6 +547,11 @@ Status FileSystem::flush_for_lock(const dlm::LockName& name, dlm::LockMode new_m
 void FileSystem::set_entry_invalidator(EntryInvalidator invalidate) {
   std::lock_guard lock(lookups_mu_);
   invalidate_entry_ = std::move(invalidate);
+}
+
+void FileSystem::set_attr_invalidator(AttrInvalidator invalidate) {
+  std::lock_guard lock(lookups_mu_);
+  invalidate_attr_ = std::move(invalidate);
 }
 
 void FileSystem::note_dir_alias(Ino dir, Ino parent, std::string_view name) {
@@ -559,7 +575,7 @@ void FileSystem::note_kernel_name(Ino dir, std::string_view name) {
 // a request waits for this very lock, and the rest finish once that request is served
 // (docs/cluster.md, "Kernel caches"). A LOOKUP answered under the lock but not yet
 // instantiated by the kernel holds i_rwsem until it is: its dentry goes too.
-void FileSystem::invalidate_kernel_entries(Ino dir, bool names) {
+void FileSystem::invalidate_kernel_entries(Ino dir) {
   std::vector<std::shared_future<void>> pending;
   {
     // Posted under the mutex (posting never waits), so that once set_entry_invalidator()
@@ -568,7 +584,7 @@ void FileSystem::invalidate_kernel_entries(Ino dir, bool names) {
     auto post = [&](Ino parent, const std::string& name) {
       if (invalidate_entry_) pending.push_back(invalidate_entry_(parent, name));
     };
-    if (auto it = kernel_names_.find(dir); names && it != kernel_names_.end()) {
+    if (auto it = kernel_names_.find(dir); it != kernel_names_.end()) {
       for (const auto& n : it->second) post(dir, n);
       kernel_names_.erase(it);
     }

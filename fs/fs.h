@@ -227,8 +227,9 @@ class FileSystem {
   // (docs/cluster.md): the running transaction is committed and the journal checkpointed
   // (everything changed reaches its home, and the log can no longer replay old images
   // over the next holder's changes); going to NL also drops every cached block nothing is
-  // using, so the next read comes from the device. For a directory the kernel knows, its
-  // dentry is invalidated through the entry invalidator (see set_entry_invalidator).
+  // using, so the next read comes from the device. For an inode lock going to NL, the
+  // kernel's attributes of the inode are invalidated (set_attr_invalidator); for a
+  // directory the kernel knows, its dentry too (set_entry_invalidator).
   Status flush_for_lock(const dlm::LockName& name, dlm::LockMode new_mode);
   uint64_t lock_flushes() const { return lock_flushes_.load(); }
   // Of which AG locks (ag_locks): how often another node took one of ours.
@@ -256,6 +257,12 @@ class FileSystem {
   // not block: it is called under an internal mutex.
   using EntryInvalidator = std::function<std::shared_future<void>(Ino parent, const std::string& name)>;
   void set_entry_invalidator(EntryInvalidator invalidate);
+  // The frontend's way to make the kernel forget the attributes it caches of inode `ino`
+  // (not its pages: the next getattr finds a changed size or mtime, and the kernel drops
+  // them then). Called from a flush when the inode's lock goes to NL; it must not wait
+  // for a request (it is called under an internal mutex). Null: none.
+  using AttrInvalidator = std::function<void(Ino ino)>;
+  void set_attr_invalidator(AttrInvalidator invalidate);
 
  private:
   struct InodeRef;
@@ -279,9 +286,9 @@ class FileSystem {
   // entry timeout), noted under dir's lock; all of them are invalidated when that lock
   // goes to another node (invalidate_kernel_entries, from flush_for_lock).
   void note_kernel_name(Ino dir, std::string_view name);
-  // The kernel's dentry of directory `dir` and, with `names`, those of the names noted in
-  // it: what another node taking dir's lock may make wrong.
-  void invalidate_kernel_entries(Ino dir, bool names);
+  // The kernel's dentry of directory `dir` and those of the names noted in it: what
+  // another node taking dir's lock may make wrong.
+  void invalidate_kernel_entries(Ino dir);
   format::BlockContext ctx(uint64_t blkno) const { return {blkno, tag_}; }
 
   Result<dlm::Lock> lock_inode(Ino ino, dlm::LockMode mode);
@@ -380,6 +387,7 @@ class FileSystem {
   // open_locks (cluster): names per directory the kernel may cache (note_kernel_name).
   std::unordered_map<Ino, std::unordered_set<std::string>> kernel_names_;
   EntryInvalidator invalidate_entry_;
+  AttrInvalidator invalidate_attr_;  // GUARDED_BY(lookups_mu_)
   // The orphan chain of our slot in memory: ino -> previous / next (0: none).
   std::mutex orphan_mu_;
   std::unordered_map<Ino, Ino> orphan_prev_;

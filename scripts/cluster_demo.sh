@@ -46,7 +46,7 @@ start() {
   for n in "${nodes[@]}"; do
     mkdir -p "$dir/node$n"
     echo "== sharedfs mount $image $dir/node$n --config $cfg --node $n"
-    "$bin/sharedfs" mount "$image" "$dir/node$n" --config "$cfg" --node "$n"
+    "$bin/sharedfs" mount "$image" "$dir/node$n" --config "$cfg" --node "$n" ${SHAREDFS_MOUNT_ARGS:-}
   done
 }
 

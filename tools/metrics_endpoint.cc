@@ -111,6 +111,12 @@ class MetricsEndpoint::Collector : public prometheus::Collectable {
                         MetricType::Counter);
     add_value(inval, static_cast<double>(st_.requests->entry_invalidations.load()));
     out.push_back(std::move(inval));
+    auto attr_inval = family("sharedfs_attr_invalidations_total",
+                             "Inodes whose attributes the kernel was told to forget because "
+                             "another node took the inode's lock.",
+                             MetricType::Counter);
+    add_value(attr_inval, static_cast<double>(st_.requests->attr_invalidations.load()));
+    out.push_back(std::move(attr_inval));
   }
 
   void collect_device(std::vector<MetricFamily>& out) const {

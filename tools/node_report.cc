@@ -185,7 +185,8 @@ json stats_of(const DaemonState& st, dlm::LockManager* lm, dlm::LockCache* cache
     }
     j["ops"] = ops;
     j["kernel_cache"] = {{"keep_cache_opens", st.requests->keep_cache_opens.load()},
-                         {"entry_invalidations", st.requests->entry_invalidations.load()}};
+                         {"entry_invalidations", st.requests->entry_invalidations.load()},
+                         {"attr_invalidations", st.requests->attr_invalidations.load()}};
     j["fuse_bytes"] = {{"read", st.requests->read_bytes.load()},
                        {"written", st.requests->write_bytes.load()}};
   }

@@ -670,10 +670,10 @@ class EntryInvalidations {
 Status serve(FileSystem& fs, const FuseOptions& opts, const std::function<void()>& on_mounted) {
   Context context{&fs, opts, {}};
   if (opts.cluster) {
-    // Names stay cached (the file system invalidates them when their directory's lock
-    // goes to another node), so an inode and its pages outlive a close; attributes are
-    // asked for every time (FUSE_CAP_AUTO_INVAL_DATA then drops pages of a changed file).
-    context.opts.attr_timeout_s = 0;
+    // Names and attributes stay cached: the file system invalidates them when the lock
+    // covering them goes to another node, so an inode and its pages outlive a close and a
+    // read of cached pages asks nothing. The getattr after an invalidation finds a changed
+    // size or mtime and the kernel drops the pages (FUSE_CAP_AUTO_INVAL_DATA).
     context.opts.writeback_cache = false;
   }
   // mountinfo names the mount point by its canonical path.
@@ -713,6 +713,17 @@ Status serve(FileSystem& fs, const FuseOptions& opts, const std::function<void()
         }
         return invalidations.post(parent, name);
       });
+      if (opts.cluster) {
+        // Attributes only (offset -1): no page lock is taken, so this never waits for a
+        // request, and the flush that calls it may run while reads wait for the lock.
+        fs.set_attr_invalidator([&](Ino ino) {
+          if (opts.metrics != nullptr) {
+            opts.metrics->attr_invalidations.fetch_add(1, std::memory_order_relaxed);
+          }
+          // ENOENT: the kernel holds no such inode (nothing cached).
+          (void)fuse_lowlevel_notify_inval_inode(se, to_fuse(fs, ino), -1, 0);
+        });
+      }
       fuse_loop_config* cfg = fuse_loop_cfg_create();
       fuse_loop_cfg_set_clone_fd(cfg, 0);
       fuse_loop_cfg_set_max_threads(cfg, opts.max_threads);
@@ -726,6 +737,7 @@ Status serve(FileSystem& fs, const FuseOptions& opts, const std::function<void()
         context.waiters_cv.wait(l, [&] { return context.waiters == 0; });
       }
       fs.set_entry_invalidator(nullptr);
+      fs.set_attr_invalidator(nullptr);
       if (rc != 0 && rc != SIGINT && rc != SIGTERM && rc != SIGHUP) {
         result = make_status(Code::kInternal, "FUSE loop ended with {}", rc);
       }

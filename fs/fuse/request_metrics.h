@@ -61,6 +61,7 @@ struct RequestMetrics {
   std::array<LatencyHistogram, static_cast<size_t>(FuseOp::kCount)> latency;
   std::atomic<uint64_t> keep_cache_opens{0};     // opens that kept the page cache
   std::atomic<uint64_t> entry_invalidations{0};  // names dropped from the kernel's dcache
+  std::atomic<uint64_t> attr_invalidations{0};   // inodes whose kernel attributes were dropped
   std::atomic<uint64_t> read_bytes{0};           // READ replies
   std::atomic<uint64_t> write_bytes{0};          // WRITE requests
 
