@@ -33,13 +33,12 @@ struct FuseOptions {
   // device read. Cached pages stay coherent: they are dropped with the inode lock.
   unsigned read_ahead_kb = 1024;
   bool debug = false;
-  // Several nodes mount the device (docs/cluster.md, "Kernel caches"): the kernel keeps no
-  // attribute past the request that returned it (attribute timeout forced to 0), drops
-  // cached pages when a read finds the size or mtime changed (FUSE_CAP_AUTO_INVAL_DATA),
-  // never caches directory listings, and writes through (no write-back cache). Names keep
-  // entry_timeout_s: the file system invalidates them when their directory's lock goes to
-  // another node (FileSystem::set_entry_invalidator), so inodes and their pages survive
-  // a close.
+  // Several nodes mount the device (docs/cluster.md, "Kernel caches"): names and
+  // attributes keep their timeouts, and the file system invalidates them when the lock
+  // covering them goes to another node (FileSystem::set_entry_invalidator,
+  // set_attr_invalidator); the kernel drops cached pages when the getattr after that finds
+  // the size or mtime changed (FUSE_CAP_AUTO_INVAL_DATA). Directory listings are never
+  // cached, and writes go through (no write-back cache).
   bool cluster = false;
   // Cluster mounts: flock and fcntl locks through these (dlm/advisory_locks.h), so they
   // conflict across nodes; OPEN, FLUSH and RELEASE are then answered (a lock is dropped
