@@ -484,9 +484,24 @@ std::optional<dlm::ValueBlockBytes> FileSystem::value_block_for_lock(const dlm::
   if (!opts_.ag_locks || name.space != dlm::LockSpace::kAllocGroup) return std::nullopt;
   const auto ag = static_cast<uint32_t>(name.id);
   if (ag >= alloc_->ag_count()) return std::nullopt;
-  // The flush committed and nothing of this node changes the AG until it has the lock
-  // again, so the counts are the header's.
-  return allocator::encode_ag_counts(tag_, ag, alloc_->counts(ag));
+  if (withdrawn()) return std::nullopt;  // fenced: the survivors rebuild it from the device
+  // The flush committed and checkpointed, so the AG's header on the device is current, and
+  // nothing of this node changes the AG until it has the lock again. (The in-memory counts
+  // are exact only if this node read the header since the grant: a change may lock an AG
+  // it then does not use.) One block read per hand-over, which already cost a checkpoint.
+  device::AlignedBuffer buf(bs_);
+  const uint64_t blkno = alloc_->header_block(ag);
+  auto hdr = dev_.read(blkno * bs_, buf.span()).is_ok()
+                 ? format::AgHeader::decode(buf.span(), ctx(blkno))
+                 : Result<format::AgHeader>(make_status(Code::kIoError, "cannot read it"));
+  if (!hdr) {
+    // Bytes that hold no counts: the next holder reads the header itself. (Writing
+    // nothing would leave the value it was granted with, which this node may have made old.)
+    spdlog::error("AG {}: header {} for the lock's value block: {}", ag, blkno,
+                  hdr.status().to_string());
+    return dlm::ValueBlockBytes{};
+  }
+  return allocator::encode_ag_counts(tag_, ag, {hdr->free_blocks, hdr->inode_count});
 }
 
 // The counts of the AGs another node may be changing come from their headers on the

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <future>
+#include <set>
 #include <thread>
 
 #include "dlm/cluster_test_util.h"
@@ -221,6 +222,61 @@ TEST_F(TwoNodeTest, EachNodeAllocatesInItsOwnAllocationGroups) {
   }
   a().forget(da->ino, 1);
   b().forget(db->ino, 1);
+}
+
+// What a node gives the kernel stays cached while the node keeps at least PR: a reader on
+// another node takes A's directory and file locks down to PR only, and A's kernel is told
+// to forget nothing (dropping the directory's dentry would prune the dentries, inodes and
+// pages below it). A change on the other node (EX) takes them to NL: then A's kernel
+// forgets the names it was given in the directory, the directory's dentry, and the
+// attributes of both.
+TEST_F(TwoNodeTest, TheKernelForgetsOnlyWhatAnotherNodeMayChange) {
+  std::mutex mu;
+  std::multiset<std::string> names;  // "parent/name" of each entry invalidation
+  std::multiset<Ino> attrs;          // each attribute invalidation
+  a().set_entry_invalidator([&](Ino parent, const std::string& name) {
+    std::lock_guard l(mu);
+    names.insert(fmt::format("{}/{}", parent, name));
+    std::promise<void> done;
+    done.set_value();
+    return done.get_future().share();
+  });
+  a().set_attr_invalidator([&](Ino ino) {
+    std::lock_guard l(mu);
+    attrs.insert(ino);
+  });
+  const Ino root = a().root();
+  auto d = a().mkdir(root, "d", 0755, caller_);
+  ASSERT_OK(d);
+  auto f = a().mknod(d->ino, "f", S_IFREG | 0644, 0, caller_);
+  ASSERT_OK(f);
+  ASSERT_OK(a().write(f->ino, 0, bytes_of("data")));
+  // B reads: A's locks on d and f go from EX to PR.
+  auto seen = b().lookup(d->ino, "f");
+  ASSERT_OK(seen);
+  EXPECT_EQ(string_of(*b().read(seen->ino, 0, 10)), "data");
+  {
+    std::lock_guard l(mu);
+    EXPECT_TRUE(names.empty()) << names.size() << " names invalidated for a reader";
+    EXPECT_TRUE(attrs.empty()) << attrs.size() << " attributes invalidated for a reader";
+  }
+  // B changes both: A's locks go to NL and A's kernel must ask again.
+  ASSERT_OK(b().write(seen->ino, 0, bytes_of("DATA")));
+  auto g = b().mknod(d->ino, "g", S_IFREG | 0644, 0, caller_);
+  ASSERT_OK(g);
+  {
+    std::lock_guard l(mu);
+    EXPECT_EQ(attrs.count(f->ino), 1u);
+    EXPECT_EQ(attrs.count(d->ino), 1u);
+    EXPECT_EQ(names.count(fmt::format("{}/f", d->ino)), 1u) << "the name A created in d";
+    EXPECT_EQ(names.count(fmt::format("{}/d", root)), 1u) << "d's own dentry";
+  }
+  a().set_entry_invalidator(nullptr);
+  a().set_attr_invalidator(nullptr);
+  b().forget(seen->ino, 1);
+  b().forget(g->ino, 1);
+  a().forget(f->ino, 1);
+  a().forget(d->ino, 1);
 }
 
 // An AG's lock carries the AG's counts from holder to holder (docs/allocator.md): B takes
