@@ -59,11 +59,22 @@ inline std::multiset<std::string> list_dir(const std::string& dir) {
   return out;
 }
 
-// One `sharedfs mount -f` child serving one mount point.
+// One `sharedfs mount -f` child serving one mount point. Its control socket goes to a run
+// directory of its own (SHAREDFS_RUN_DIR, unless set_env names another), removed with the
+// object: a daemon killed by a test cannot remove its socket, and /run/sharedfs would
+// keep it.
 class FuseDaemon {
  public:
-  explicit FuseDaemon(std::string mountpoint) : mnt_(std::move(mountpoint)) {}
-  ~FuseDaemon() { stop(); }
+  explicit FuseDaemon(std::string mountpoint) : mnt_(std::move(mountpoint)) {
+    static std::atomic<int> daemons{0};
+    // Short, under /tmp: a socket path has room for 107 bytes.
+    run_dir_ = "/tmp/sharedfs-run-" + std::to_string(getpid()) + "-d" + std::to_string(daemons++);
+  }
+  ~FuseDaemon() {
+    stop();
+    std::error_code ec;
+    std::filesystem::remove_all(run_dir_, ec);
+  }
   FuseDaemon(const FuseDaemon&) = delete;
   FuseDaemon& operator=(const FuseDaemon&) = delete;
 
@@ -109,6 +120,7 @@ class FuseDaemon {
       // open on another node's mount at the fork kept that mount busy for the daemon's
       // life (the crash-loop test's unmount of node 1 failed with EBUSY about 1 run in 3).
       close_range(3, ~0U, 0);
+      setenv("SHAREDFS_RUN_DIR", run_dir_.c_str(), 1);
       for (const auto& [k, v] : env_) setenv(k.c_str(), v.c_str(), 1);
       std::vector<std::string> args = prefix_;
       for (std::string a : {std::string(SHAREDFS_BIN), std::string("mount"), std::string("-f"), image, mnt_}) {
@@ -238,6 +250,7 @@ class FuseDaemon {
 
  private:
   std::string mnt_;
+  std::string run_dir_;
   pid_t pid_ = -1;
   std::string log_;
   std::vector<std::pair<std::string, std::string>> env_;
