@@ -64,7 +64,7 @@ class ClusterLockService final : public LockService {
   // waiting, fails with kIoError; held locks stay until their guards go.
   void withdraw();
 
-  // Locks taken without the driver thread (tests, `sharedfs stats`).
+  // Locks taken without the driver thread (tests, the control socket's stats query).
   uint64_t fast_path_hits() const;
   // How long lock() took to grant, by mode (PR, EX): the wait for other
   // nodes and for this node's other threads together.
