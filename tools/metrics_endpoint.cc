@@ -35,6 +35,14 @@ void add_value(MetricFamily& f, double value, std::vector<ClientMetric::Label> l
   f.metric.push_back(std::move(m));
 }
 
+// A family of one value without labels, appended to `out`.
+void add_single(std::vector<MetricFamily>& out, std::string name, std::string help, MetricType type,
+                double value) {
+  MetricFamily f = family(std::move(name), std::move(help), type);
+  add_value(f, value);
+  out.push_back(std::move(f));
+}
+
 void add_histogram(MetricFamily& f, const LatencyHistogram& h,
                    std::vector<ClientMetric::Label> labels = {}) {
   const auto s = h.snapshot();
@@ -68,12 +76,10 @@ class MetricsEndpoint::Collector : public prometheus::Collectable {
                {"node", std::to_string(st_.node)},
                {"version", SHAREDFS_VERSION}});
     out.push_back(std::move(info));
-    auto withdrawn = family("sharedfs_withdrawn",
-                            "1 once this node withdrew (fenced or expelled): every operation "
-                            "fails with EIO until it is remounted.",
-                            MetricType::Gauge);
-    add_value(withdrawn, st_.withdrawn_reason && !st_.withdrawn_reason().empty() ? 1 : 0);
-    out.push_back(std::move(withdrawn));
+    add_single(out, "sharedfs_withdrawn",
+               "1 once this node withdrew (fenced or expelled): every operation "
+               "fails with EIO until it is remounted.",
+               MetricType::Gauge, st_.withdrawn_reason && !st_.withdrawn_reason().empty() ? 1 : 0);
     collect_requests(out);
     collect_device(out);
     collect_fs(out);
@@ -100,23 +106,17 @@ class MetricsEndpoint::Collector : public prometheus::Collectable {
     add_value(bytes, static_cast<double>(st_.requests->write_bytes.load()),
               {{"direction", "write"}});
     out.push_back(std::move(bytes));
-    auto keeps =
-        family("sharedfs_page_cache_keeps_total",
-               "Opens that let the kernel keep the file's cached pages.", MetricType::Counter);
-    add_value(keeps, static_cast<double>(st_.requests->keep_cache_opens.load()));
-    out.push_back(std::move(keeps));
-    auto inval = family("sharedfs_dentry_invalidations_total",
-                        "Names dropped from the kernel's cache because another node took the "
-                        "directory's lock.",
-                        MetricType::Counter);
-    add_value(inval, static_cast<double>(st_.requests->entry_invalidations.load()));
-    out.push_back(std::move(inval));
-    auto attr_inval = family("sharedfs_attr_invalidations_total",
-                             "Inodes whose attributes the kernel was told to forget because "
-                             "another node took the inode's lock.",
-                             MetricType::Counter);
-    add_value(attr_inval, static_cast<double>(st_.requests->attr_invalidations.load()));
-    out.push_back(std::move(attr_inval));
+    add_single(out, "sharedfs_page_cache_keeps_total",
+               "Opens that let the kernel keep the file's cached pages.", MetricType::Counter,
+               static_cast<double>(st_.requests->keep_cache_opens.load()));
+    add_single(out, "sharedfs_dentry_invalidations_total",
+               "Names dropped from the kernel's cache because another node took the "
+               "directory's lock.",
+               MetricType::Counter, static_cast<double>(st_.requests->entry_invalidations.load()));
+    add_single(out, "sharedfs_attr_invalidations_total",
+               "Inodes whose attributes the kernel was told to forget because "
+               "another node took the inode's lock.",
+               MetricType::Counter, static_cast<double>(st_.requests->attr_invalidations.load()));
   }
 
   void collect_device(std::vector<MetricFamily>& out) const {
@@ -140,24 +140,20 @@ class MetricsEndpoint::Collector : public prometheus::Collectable {
     fs::FileSystem* f = st_.fs != nullptr ? st_.fs->load() : nullptr;
     if (f == nullptr) return;
     const auto s = f->stats();
-    auto commits = family("sharedfs_journal_commits_total", "Journal transactions committed.",
-                          MetricType::Counter);
-    add_value(commits, static_cast<double>(s.commits));
-    out.push_back(std::move(commits));
+    add_single(out, "sharedfs_journal_commits_total", "Journal transactions committed.",
+               MetricType::Counter, static_cast<double>(s.commits));
     auto lat = family("sharedfs_journal_commit_duration_seconds",
                       "Time to commit a journal transaction, waiting for the journal included.",
                       MetricType::Histogram);
     add_histogram(lat, f->journal_commit_latency());
     out.push_back(std::move(lat));
-    auto used = family("sharedfs_journal_used_ratio",
-                       "Fraction of this node's journal holding transactions not yet "
-                       "checkpointed.",
-                       MetricType::Gauge);
-    add_value(used, s.journal_capacity_blocks == 0
-                        ? 0.0
-                        : static_cast<double>(s.journal_used_blocks) /
-                              static_cast<double>(s.journal_capacity_blocks));
-    out.push_back(std::move(used));
+    add_single(out, "sharedfs_journal_used_ratio",
+               "Fraction of this node's journal holding transactions not yet "
+               "checkpointed.",
+               MetricType::Gauge,
+               s.journal_capacity_blocks == 0 ? 0.0
+                                              : static_cast<double>(s.journal_used_blocks) /
+                                                    static_cast<double>(s.journal_capacity_blocks));
     auto revokes = family("sharedfs_lock_revokes_total",
                           "Cached locks given up to another node, after writing back and "
                           "dropping what they cover.",
@@ -202,10 +198,9 @@ class MetricsEndpoint::Collector : public prometheus::Collectable {
     add_value(reqs, static_cast<double>(stats.requests), {{"kind", "lock"}});
     add_value(reqs, static_cast<double>(stats.range_requests), {{"kind", "range"}});
     out.push_back(std::move(reqs));
-    auto hits = family("sharedfs_dlm_cache_hits_total",
-                       "Locks taken from this node's cache without the DLM.", MetricType::Counter);
-    add_value(hits, static_cast<double>(st_.locks->fast_path_hits()));
-    out.push_back(std::move(hits));
+    add_single(out, "sharedfs_dlm_cache_hits_total",
+               "Locks taken from this node's cache without the DLM.", MetricType::Counter,
+               static_cast<double>(st_.locks->fast_path_hits()));
     auto ages = family("sharedfs_heartbeat_age_seconds",
                        "Time since each configured peer was last heard.", MetricType::Gauge);
     size_t alive = 0, silent = 0;
@@ -226,11 +221,9 @@ class MetricsEndpoint::Collector : public prometheus::Collectable {
               {{"state", "awaiting-replay"}});
     out.push_back(std::move(nodes));
     if (st_.recoveries) {
-      auto fenced =
-          family("sharedfs_fence_events_total",
-                 "Nodes this node fenced and recovered (journal replayed).", MetricType::Counter);
-      add_value(fenced, static_cast<double>(st_.recoveries()));
-      out.push_back(std::move(fenced));
+      add_single(out, "sharedfs_fence_events_total",
+                 "Nodes this node fenced and recovered (journal replayed).", MetricType::Counter,
+                 static_cast<double>(st_.recoveries()));
     }
   }
 
