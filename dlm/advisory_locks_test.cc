@@ -98,7 +98,9 @@ TEST(AdvisoryLocks, FlockModesOnOneNode) {
 
 struct TwoNodes {
   std::array<std::unique_ptr<ClusterLockService>, 2> svc = testing::start_two_lock_services(
-      [](int) -> ClusterLockService::FlushHook { return [](const LockName&, LockMode) {}; });
+      [](int) -> ClusterLockService::FlushHook {
+        return [](const LockName&, LockMode) -> std::optional<ValueBlockBytes> { return std::nullopt; };
+      });
   std::unique_ptr<NodeLockGate> gate[2];
   std::unique_ptr<RangeLockGate> ranges[2];
   std::unique_ptr<AdvisoryLocks> locks[2];

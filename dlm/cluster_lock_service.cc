@@ -26,11 +26,9 @@ void ClusterLockService::withdraw() {
 }
 
 Result<std::unique_ptr<ClusterLockService>> ClusterLockService::start(DlmNodeOptions options,
-                                                                      FlushHook flush,
-                                                                      ValueHook value) {
+                                                                      FlushHook flush) {
   std::unique_ptr<ClusterLockService> svc(new ClusterLockService());
   svc->flush_ = std::move(flush);
-  svc->value_ = std::move(value);
   svc->flusher_ = std::thread([s = svc.get()] { s->flusher(); });
   ClusterLockService* self = svc.get();
   auto node = DlmNode::start(
@@ -39,10 +37,8 @@ Result<std::unique_ptr<ClusterLockService>> ClusterLockService::start(DlmNodeOpt
         // On the driver thread: hand the flush over, come back through post().
         std::lock_guard lock(self->mu_);
         self->flushes_.push_back([self, name, new_mode, done = std::move(done)] {
-          const LockName lock_name = lock_name_of(name);
-          if (self->flush_) self->flush_(lock_name, new_mode);
           std::optional<ValueBlockBytes> bytes;
-          if (self->value_) bytes = self->value_(lock_name);
+          if (self->flush_) bytes = self->flush_(lock_name_of(name), new_mode);
           self->node_->post([name, bytes, done](LockManager& m, LockCache& cache) {
             // Only an EX holder writes back; the LockCache converts down after done().
             const auto id = cache.lock_id(name);

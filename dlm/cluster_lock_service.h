@@ -41,15 +41,13 @@ namespace sharedfs::dlm {
 class ClusterLockService final : public LockService {
  public:
   // Before the node's lock on `name` goes down to `new_mode`: commit the journal, write
-  // back and drop what the lock covers, invalidate the kernel's caches.
-  using FlushHook = std::function<void(const LockName& name, LockMode new_mode)>;
-  // Right after the flush hook, when the node gives up EX on `name`: the value block to
-  // write back with it (nullopt: the one it was granted with, unchanged). The flush hook
-  // has run, so nothing of this node changes what the value describes any more.
-  using ValueHook = std::function<std::optional<ValueBlockBytes>(const LockName& name)>;
+  // back and drop what the lock covers, invalidate the kernel's caches. Returns the value
+  // block to write back when the node leaves EX (nullopt: the one it was granted with,
+  // unchanged); nothing of this node changes what the value describes after the flush.
+  using FlushHook =
+      std::function<std::optional<ValueBlockBytes>(const LockName& name, LockMode new_mode)>;
 
-  static Result<std::unique_ptr<ClusterLockService>> start(DlmNodeOptions options, FlushHook flush,
-                                                           ValueHook value = {});
+  static Result<std::unique_ptr<ClusterLockService>> start(DlmNodeOptions options, FlushHook flush);
   ~ClusterLockService() override;
 
   Result<Lock> lock(LockName name, LockMode mode) override;
@@ -113,7 +111,6 @@ class ClusterLockService final : public LockService {
   void flusher();
 
   FlushHook flush_;
-  ValueHook value_;
   std::unique_ptr<DlmNode> node_;
   std::unique_ptr<NodeLockGate> uncached_gate_;  // over node_; destroyed before it
 

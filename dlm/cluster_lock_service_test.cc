@@ -20,7 +20,10 @@ struct TwoNodes {
   std::atomic<int> flushes[2] = {0, 0};
   std::array<std::unique_ptr<ClusterLockService>, 2> svc =
       testing::start_two_lock_services([this](int i) -> ClusterLockService::FlushHook {
-        return [this, i](const LockName&, LockMode) { ++flushes[i]; };
+        return [this, i](const LockName&, LockMode) -> std::optional<ValueBlockBytes> {
+          ++flushes[i];
+          return std::nullopt;
+        };
       });
 };
 
@@ -70,20 +73,19 @@ TEST(ClusterLockService, AnotherNodeGetsTheLockAfterOurUsersAndTheFlush) {
   EXPECT_TRUE(ours.load());
 }
 
-// The value hook's bytes go back with the EX lock and reach the next holder's grant; a
-// lock nobody wrote a value for has none; a PR holder giving up writes nothing back.
-TEST(ClusterLockService, TheValueHooksBytesReachTheNextHolder) {
+// The value block the flush hook returns goes back with the EX lock and reaches the next
+// holder's grant; a lock nobody wrote a value for has none; a PR holder giving up writes
+// nothing back.
+TEST(ClusterLockService, TheFlushHooksValueBlockReachesTheNextHolder) {
   ValueBlockBytes written{};
   for (size_t i = 0; i < written.size(); ++i) written[i] = static_cast<uint8_t>(i * 7 + 1);
   std::atomic<int> asked{0};
-  auto svc = testing::start_two_lock_services(
-      [](int) -> ClusterLockService::FlushHook { return [](const LockName&, LockMode) {}; },
-      [&](int) -> ClusterLockService::ValueHook {
-        return [&](const LockName&) -> std::optional<ValueBlockBytes> {
-          ++asked;
-          return written;
-        };
-      });
+  auto svc = testing::start_two_lock_services([&](int) -> ClusterLockService::FlushHook {
+    return [&](const LockName&, LockMode) -> std::optional<ValueBlockBytes> {
+      ++asked;
+      return written;
+    };
+  });
   ASSERT_NE(svc[1], nullptr);
   const LockName name{LockSpace::kAllocGroup, 3};
   {

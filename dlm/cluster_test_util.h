@@ -15,11 +15,10 @@
 
 namespace sharedfs::dlm::testing {
 
-// `hook_for(i)` is node i's flush hook (i = 0, 1), `value_for(i)` its value hook (none if
-// empty). Failures are test failures; a service that did not start is null.
+// `hook_for(i)` is node i's flush hook (i = 0, 1). Failures are test failures; a service
+// that did not start is null.
 inline std::array<std::unique_ptr<ClusterLockService>, 2> start_two_lock_services(
-    const std::function<ClusterLockService::FlushHook(int node)>& hook_for,
-    const std::function<ClusterLockService::ValueHook(int node)>& value_for = {}) {
+    const std::function<ClusterLockService::FlushHook(int node)>& hook_for) {
   std::vector<Peer> peers;
   for (uint32_t i = 1; i <= 2; ++i) {
     peers.push_back(Peer{NodeId(i), fmt::format("tcp://127.0.0.1:{}", sharedfs::testing::free_port())});
@@ -30,7 +29,7 @@ inline std::array<std::unique_ptr<ClusterLockService>, 2> start_two_lock_service
     auto s = ClusterLockService::start(
         DlmNodeOptions{ms.members[i], peers, "two-node-test-secret", /*retransmit_ms=*/20,
                        /*tick_ms=*/5},
-        hook_for(i), value_for ? value_for(i) : ClusterLockService::ValueHook{});
+        hook_for(i));
     EXPECT_OK(s);
     if (!s) return {};
     svc[i] = std::move(s).value();

@@ -77,8 +77,10 @@ int main(int argc, char** argv) {
     std::fflush(log);  // the process may be killed at any time
   };
   auto svc = ClusterLockService::start(
-      DlmNodeOptions{self, peers, "stress-secret", 50, 10}, [](const LockName&, LockMode) {
+      DlmNodeOptions{self, peers, "stress-secret", 50, 10},
+      [](const LockName&, LockMode) -> std::optional<ValueBlockBytes> {
         std::this_thread::sleep_for(std::chrono::microseconds(200));  // "write back"
+        return std::nullopt;
       });
   if (!svc.is_ok()) {
     fmt::print(stderr, "node {}: {}\n", self.to_string(), svc.status().to_string());

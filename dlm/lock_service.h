@@ -16,6 +16,7 @@
 
 #include <array>
 #include <compare>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -57,9 +58,10 @@ struct LockName {
 
 class LockService;
 
-// The bytes of a lock's value block (dlm::kLvbSize; dlm/resource_name.h): a few bytes
+// The bytes of a lock's value block (LockValueBlock, dlm/resource_name.h): a few bytes
 // that travel with a cached lock from node to node, such as an allocation group's counts.
-using ValueBlockBytes = std::array<uint8_t, 32>;
+inline constexpr size_t kLvbSize = 32;
+using ValueBlockBytes = std::array<uint8_t, kLvbSize>;
 
 class Lock {
  public:
@@ -98,7 +100,7 @@ class LockService {
   // The value block of a lock the caller holds, as the DLM handed it to this node with the
   // grant; nullopt when nobody vouches for it (never written, or the last EX holder died
   // before writing it back): the caller rebuilds what it caches from the device. Writing
-  // it back is the cluster service's value hook (cluster_lock_service.h). Locks of one
+  // it back is what the cluster service's flush hook returns (cluster_lock_service.h). Locks of one
   // process carry no values: nothing needs to travel, so this is always nullopt there.
   virtual std::optional<ValueBlockBytes> value_block(const Lock& lock) const {
     (void)lock;

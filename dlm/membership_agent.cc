@@ -105,7 +105,6 @@ void MembershipAgent::on_heartbeat(const Message& m, uint64_t now) {
     // Not a state change yet: the view that takes the new incarnation in logs "joined".
     spdlog::debug("membership: node {}: heard a new incarnation of node {} (restarted)",
                   opts_.self.id.value, m.from.id.value);
-    p.suspect = false;
     auto& c = clean_[m.from.id];
     c = std::max(c, m.from.incarnation - 1);
   }
@@ -334,10 +333,7 @@ void MembershipAgent::install(const View& v, uint64_t now) {
         v.membership.members.end()) {
       continue;
     }
-    const bool clean = std::any_of(v.clean.begin(), v.clean.end(), [&](const Member& c) {
-      return c.id == m.id && c.incarnation >= m.incarnation;
-    });
-    if (!clean && m.id != opts_.self.id) {
+    if (!clean_in(v, m.id, m.incarnation) && m.id != opts_.self.id) {
       auto& d = dead_[m.id];
       d = std::max(d, m.incarnation);
     }

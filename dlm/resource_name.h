@@ -42,10 +42,8 @@ struct ResourceName {
 // `valid` is false when nobody can vouch for the bytes (never written, or an EX holder
 // died before writing back): the holder must rebuild them from the device. `seq` counts
 // writes; recovery keeps the highest.
-inline constexpr size_t kLvbSize = 32;
-
 struct LockValueBlock {
-  std::array<uint8_t, kLvbSize> bytes{};
+  ValueBlockBytes bytes{};
   bool valid = false;
   uint64_t seq = 0;
   bool operator==(const LockValueBlock&) const = default;

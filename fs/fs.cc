@@ -466,6 +466,9 @@ bool FileSystem::note_ag_held(uint32_t ag, bool held) {
   return before;
 }
 
+// The allocator encodes the counts without knowing the DLM; the two must be the same size.
+static_assert(std::is_same_v<allocator::AgValueBlock, dlm::ValueBlockBytes>);
+
 bool FileSystem::take_counts_from_value_block(const dlm::Lock& lock, uint32_t ag) {
   const auto bytes = locks_->value_block(lock);
   if (!bytes) return false;  // never written, or its last holder died: the header tells
@@ -478,30 +481,6 @@ bool FileSystem::take_counts_from_value_block(const dlm::Lock& lock, uint32_t ag
   alloc_->note_counts(ag, counts->free_blocks, counts->inodes);
   ++ag_counts_from_value_blocks_;
   return true;
-}
-
-std::optional<dlm::ValueBlockBytes> FileSystem::value_block_for_lock(const dlm::LockName& name) const {
-  if (!opts_.ag_locks || name.space != dlm::LockSpace::kAllocGroup) return std::nullopt;
-  const auto ag = static_cast<uint32_t>(name.id);
-  if (ag >= alloc_->ag_count()) return std::nullopt;
-  if (withdrawn()) return std::nullopt;  // fenced: the survivors rebuild it from the device
-  // The flush committed and checkpointed, so the AG's header on the device is current, and
-  // nothing of this node changes the AG until it has the lock again. (The in-memory counts
-  // are exact only if this node read the header since the grant: a change may lock an AG
-  // it then does not use.) One block read per hand-over, which already cost a checkpoint.
-  device::AlignedBuffer buf(bs_);
-  const uint64_t blkno = alloc_->header_block(ag);
-  auto hdr = dev_.read(blkno * bs_, buf.span()).is_ok()
-                 ? format::AgHeader::decode(buf.span(), ctx(blkno))
-                 : Result<format::AgHeader>(make_status(Code::kIoError, "cannot read it"));
-  if (!hdr) {
-    // Bytes that hold no counts: the next holder reads the header itself. (Writing
-    // nothing would leave the value it was granted with, which this node may have made old.)
-    spdlog::error("AG {}: header {} for the lock's value block: {}", ag, blkno,
-                  hdr.status().to_string());
-    return dlm::ValueBlockBytes{};
-  }
-  return allocator::encode_ag_counts(tag_, ag, {hdr->free_blocks, hdr->inode_count});
 }
 
 // The counts of the AGs another node may be changing come from their headers on the
@@ -527,15 +506,28 @@ void FileSystem::refresh_foreign_ag_counts() {
 // ---------------------------------------------------------------------------------------
 // Cluster: giving up locks
 
-Status FileSystem::flush_for_lock(const dlm::LockName& name, dlm::LockMode new_mode) {
+Result<std::optional<dlm::ValueBlockBytes>> FileSystem::flush_for_lock(const dlm::LockName& name,
+                                                                       dlm::LockMode new_mode) {
+  using Value = std::optional<dlm::ValueBlockBytes>;
   // The lock's users on this node are done (the lock service waits for them), and no
   // thread waits for a cluster lock while holding a handle, so this commit cannot wait on
   // anything that waits on us.
   std::lock_guard lock(flush_mu_);
-  if (journal_closed_) return Status::ok();  // unmounted: everything is at home
-  if (withdrawn()) return Status::ok();      // fenced: the survivors replay our journal
+  if (journal_closed_) return Value();  // unmounted: everything is at home
+  if (withdrawn()) return Value();      // fenced: the survivors replay our journal
   RETURN_IF_ERROR(tm_->commit().status().with_context(fmt::format("flushing {}", name.to_string())));
   RETURN_IF_ERROR(journal_->checkpoint().with_context(fmt::format("flushing {}", name.to_string())));
+  Value value;
+  if (name.space == dlm::LockSpace::kAllocGroup && opts_.ag_locks) {
+    // The AG's counts for the next holder, from its header as just committed: cached when
+    // this node changed the AG (the in-memory counts are exact only if this node read the
+    // header since the grant: a change may lock an AG it then does not use).
+    const auto ag = static_cast<uint32_t>(name.id);
+    const uint64_t blkno = alloc_->header_block(ag);
+    ASSIGN_OR_RETURN(auto buf, tm_->read(blkno));
+    ASSIGN_OR_RETURN(auto hdr, format::AgHeader::decode(buf->data(), ctx(blkno)));
+    value = allocator::encode_ag_counts(tag_, ag, {hdr.free_blocks, hdr.inode_count});
+  }
   if (new_mode == dlm::LockMode::kNL) (void)tm_->drop_unused();
   if (name.space == dlm::LockSpace::kAllocGroup) {
     ++ag_lock_flushes_;
@@ -547,16 +539,9 @@ Status FileSystem::flush_for_lock(const dlm::LockName& name, dlm::LockMode new_m
   // directory's dentry there would also prune every unused dentry below it, and with them
   // the kernel's inodes and pages of files this node goes on reading.)
   if (name.space == dlm::LockSpace::kInode && new_mode == dlm::LockMode::kNL) {
-    {
-      // Another node may change the inode now: the kernel must ask again. A getattr
-      // answered before this flush but not yet received is discarded by the kernel: its
-      // attr_version is older than the invalidation's.
-      std::lock_guard names(lookups_mu_);
-      if (invalidate_attr_) invalidate_attr_(name.id);
-    }
-    invalidate_kernel_entries(name.id);
+    invalidate_kernel_caches(name.id);
   }
-  return Status::ok();
+  return value;
 }
 
 void FileSystem::set_entry_invalidator(EntryInvalidator invalidate) {
@@ -590,12 +575,16 @@ void FileSystem::note_kernel_name(Ino dir, std::string_view name) {
 // a request waits for this very lock, and the rest finish once that request is served
 // (docs/cluster.md, "Kernel caches"). A LOOKUP answered under the lock but not yet
 // instantiated by the kernel holds i_rwsem until it is: its dentry goes too.
-void FileSystem::invalidate_kernel_entries(Ino dir) {
+void FileSystem::invalidate_kernel_caches(Ino dir) {
   std::vector<std::shared_future<void>> pending;
   {
     // Posted under the mutex (posting never waits), so that once set_entry_invalidator()
     // has cleared it no post can reach a frontend that is going away.
     std::lock_guard lock(lookups_mu_);
+    // Another node may change the inode now: the kernel must ask again. A getattr
+    // answered before this flush but not yet received is discarded by the kernel: its
+    // attr_version is older than the invalidation's.
+    if (invalidate_attr_) invalidate_attr_(dir);
     auto post = [&](Ino parent, const std::string& name) {
       if (invalidate_entry_) pending.push_back(invalidate_entry_(parent, name));
     };
@@ -616,16 +605,11 @@ void FileSystem::invalidate_kernel_entries(Ino dir) {
   }
 }
 
-Status LockFlushTarget::flush(const dlm::LockName& name, dlm::LockMode new_mode) {
+Result<std::optional<dlm::ValueBlockBytes>> LockFlushTarget::flush(const dlm::LockName& name,
+                                                                    dlm::LockMode new_mode) {
   std::lock_guard lock(mu_);
-  if (fs_ == nullptr) return Status::ok();  // nothing mounted: nothing cached
+  if (fs_ == nullptr) return std::optional<dlm::ValueBlockBytes>();  // nothing mounted: nothing cached
   return fs_->flush_for_lock(name, new_mode);
-}
-
-std::optional<dlm::ValueBlockBytes> LockFlushTarget::value_block(const dlm::LockName& name) {
-  std::lock_guard lock(mu_);
-  if (fs_ == nullptr) return std::nullopt;
-  return fs_->value_block_for_lock(name);
 }
 
 Result<FileSystem::InodeRef> FileSystem::load(Ino ino) {

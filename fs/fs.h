@@ -93,10 +93,8 @@ struct MountOptions {
 // attached FileSystem's flush_for_lock, or nothing while none is attached.
 class LockFlushTarget {
  public:
-  Status flush(const dlm::LockName& name, dlm::LockMode new_mode);
-  // The cluster service's value hook: FileSystem::value_block_for_lock, nullopt while none
-  // is attached.
-  std::optional<dlm::ValueBlockBytes> value_block(const dlm::LockName& name);
+  Result<std::optional<dlm::ValueBlockBytes>> flush(const dlm::LockName& name,
+                                                     dlm::LockMode new_mode);
 
  private:
   friend class FileSystem;
@@ -230,16 +228,15 @@ class FileSystem {
   // using, so the next read comes from the device. For an inode lock going to NL, the
   // kernel's attributes of the inode are invalidated (set_attr_invalidator); for a
   // directory the kernel knows, its dentry too (set_entry_invalidator).
-  Status flush_for_lock(const dlm::LockName& name, dlm::LockMode new_mode);
+  // Returns what the lock's value block carries to the next holder when the node leaves EX:
+  // an AG lock carries the AG's counts (docs/allocator.md), other locks nothing (nullopt).
+  Result<std::optional<dlm::ValueBlockBytes>> flush_for_lock(const dlm::LockName& name,
+                                                              dlm::LockMode new_mode);
   uint64_t lock_flushes() const { return lock_flushes_.load(); }
   // Of which AG locks (ag_locks): how often another node took one of ours.
   uint64_t ag_lock_flushes() const { return ag_lock_flushes_.load(); }
   // How often an AG's counts came with its lock (the value block), not from its header.
   uint64_t ag_counts_from_value_blocks() const { return ag_counts_from_value_blocks_.load(); }
-  // When this node gives up EX on `name`, after flush_for_lock: what the lock's value block
-  // carries to the next holder. An AG lock carries the AG's counts (docs/allocator.md);
-  // other locks carry nothing (nullopt).
-  std::optional<dlm::ValueBlockBytes> value_block_for_lock(const dlm::LockName& name) const;
 
   // --- failure (docs/failure.md) ------------------------------------------------------
   // This node was fenced: nothing more is written (the device under it refuses anyway),
@@ -284,11 +281,11 @@ class FileSystem {
   void note_dir_alias(Ino dir, Ino parent, std::string_view name);
   // Cluster: a name in `dir` the kernel may now cache (positive or negative dentry, long
   // entry timeout), noted under dir's lock; all of them are invalidated when that lock
-  // goes to another node (invalidate_kernel_entries, from flush_for_lock).
+  // goes to another node (invalidate_kernel_caches, from flush_for_lock).
   void note_kernel_name(Ino dir, std::string_view name);
-  // The kernel's dentry of directory `dir` and those of the names noted in it: what
-  // another node taking dir's lock may make wrong.
-  void invalidate_kernel_entries(Ino dir);
+  // The kernel's attributes of inode `dir`, its dentry if it is a directory, and those of
+  // the names noted in it: what another node taking its lock may make wrong.
+  void invalidate_kernel_caches(Ino dir);
   format::BlockContext ctx(uint64_t blkno) const { return {blkno, tag_}; }
 
   Result<dlm::Lock> lock_inode(Ino ino, dlm::LockMode mode);

@@ -43,12 +43,13 @@ class TwoNodeTest : public testing::ImageTest {
     ImageTest::SetUp();
     if (HasFatalFailure()) return;
     auto services = dlm::testing::start_two_lock_services([this](int i) -> dlm::ClusterLockService::FlushHook {
-      return [target = node_[i].target](const dlm::LockName& name, dlm::LockMode mode) {
-        auto st = target->flush(name, mode);
-        if (!st) ADD_FAILURE() << "flush of " << name.to_string() << ": " << st.to_string();
+      return [target = node_[i].target](const dlm::LockName& name, dlm::LockMode mode)
+                 -> std::optional<dlm::ValueBlockBytes> {
+        auto value = target->flush(name, mode);
+        if (value) return *value;
+        ADD_FAILURE() << "flush of " << name.to_string() << ": " << value.status().to_string();
+        return std::nullopt;
       };
-    }, [this](int i) -> dlm::ClusterLockService::ValueHook {
-      return [target = node_[i].target](const dlm::LockName& name) { return target->value_block(name); };
     });
     for (int i = 0; i < 2; ++i) {
       ASSERT_NE(services[i], nullptr);

@@ -20,8 +20,6 @@
 
 namespace sharedfs::tools {
 
-inline constexpr const char* kDefaultFstab = "/etc/fstab";
-
 struct FstabEntry {
   std::string device;      // fs_spec
   std::string mountpoint;  // fs_file

@@ -29,6 +29,7 @@
 #include "dlm/cluster_lock_service.h"
 #include "fs/fs.h"
 #include "fs/fuse/fuse_frontend.h"
+#include "tools/command_error.h"
 #include "tools/control_socket.h"
 #include "tools/metrics_endpoint.h"
 #include "tools/node_report.h"
@@ -122,14 +123,16 @@ Result<ClusterMembership> join_cluster(const cluster::ClusterConfig& config, uin
   auto target = c.target;
   ASSIGN_OR_RETURN(c.locks,
                    dlm::ClusterLockService::start(
-                       o, [target](const dlm::LockName& name, dlm::LockMode mode) {
-                         Status st = target->flush(name, mode);
-                         if (!st) {
-                           spdlog::error("flush before giving up {}: {}", name.to_string(),
-                                         st.to_string());
-                         }
-                       },
-                       [target](const dlm::LockName& name) { return target->value_block(name); }));
+                       o, [target](const dlm::LockName& name, dlm::LockMode mode)
+                              -> std::optional<dlm::ValueBlockBytes> {
+                         auto value = target->flush(name, mode);
+                         if (value) return *value;
+                         // The value block keeps what it was granted with: for an AG lock a
+                         // hint, which the allocator checks against the header it reads.
+                         spdlog::error("flush before giving up {}: {}", name.to_string(),
+                                       value.status().to_string());
+                         return std::nullopt;
+                       }));
   dlm::MembershipAgentOptions m;
   m.self = o.self;
   m.cluster_name = config.name;  // in the agent's state-change lines (docs/logging.md)
@@ -527,7 +530,8 @@ int serve_mount(const MountArgs& args, const ParsedOptions& p, int ready_fd) {
     auto endpoint = MetricsEndpoint::start(p.metrics, reporter->state());
     if (endpoint) {
       metrics = std::move(*endpoint);
-      spdlog::info("node {}: Prometheus metrics on http://{}/metrics", args.node, p.metrics);
+      spdlog::info("node {}: Prometheus metrics on http://{}/metrics (port {})", args.node,
+                   p.metrics, metrics->port());
     } else {
       spdlog::error("node {}: {}", args.node, endpoint.status().to_string());
     }
@@ -616,10 +620,7 @@ int run_mount(const MountArgs& given) {
     return 1;
   }
   auto parsed = parse_options(args);
-  if (!parsed) {
-    fmt::print(stderr, "sharedfs: {}\n", parsed.status().to_string());
-    return 1;
-  }
+  if (!parsed) return fail(parsed.status());
   if (args.update_fstab) {
     if (Status st = check_fstab_updatable(args.fstab); !st) {
       fmt::print(stderr, "sharedfs: --update-fstab: {}\n", st.to_string());
@@ -628,8 +629,7 @@ int run_mount(const MountArgs& given) {
   }
   if (args.fake) {
     Status st = check_mount(args, *parsed);
-    if (!st) fmt::print(stderr, "sharedfs: {}\n", st.to_string());
-    return st ? 0 : 1;
+    return st ? 0 : fail(st);
   }
   if (args.foreground) return serve_mount(args, *parsed, -1);
   // Fork before anything starts threads; the parent waits for the child's verdict.
@@ -666,8 +666,7 @@ int run_mount(const MountArgs& given) {
   ::close(pipefd[0]);
   if (msg == "OK") {
     Status st = record_in_fstab(args);
-    if (!st) fmt::print(stderr, "sharedfs: {}\n", st.to_string());
-    return st ? 0 : 1;
+    return st ? 0 : fail(st);
   }
   fmt::print(stderr, "{}", msg.empty() ? "sharedfs: the daemon exited before mounting\n" : msg);
   ::waitpid(pid, nullptr, 0);

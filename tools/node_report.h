@@ -60,7 +60,6 @@ class NodeReporter {
   std::string handle(const std::string& request) const;
 
   const DaemonState& state() const { return state_; }
-  DaemonState& state() { return state_; }
 
  private:
   DaemonState state_;
