@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include <charconv>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -130,19 +131,9 @@ std::optional<ReservationKey> parse_reservation_key(std::string_view text) {
   if (text.starts_with("0x") || text.starts_with("0X")) text.remove_prefix(2);
   if (text.empty() || text.size() > 16) return std::nullopt;
   ReservationKey key = 0;
-  for (char c : text) {
-    int digit;
-    if (c >= '0' && c <= '9') {
-      digit = c - '0';
-    } else if (c >= 'a' && c <= 'f') {
-      digit = c - 'a' + 10;
-    } else if (c >= 'A' && c <= 'F') {
-      digit = c - 'A' + 10;
-    } else {
-      return std::nullopt;
-    }
-    key = key << 4 | static_cast<ReservationKey>(digit);
-  }
+  const char* end = text.data() + text.size();
+  auto [ptr, ec] = std::from_chars(text.data(), end, key, 16);
+  if (ec != std::errc() || ptr != end) return std::nullopt;
   if (key == 0) return std::nullopt;  // NVMe and SCSI both treat key 0 as "no key"
   return key;
 }
